@@ -1,0 +1,1 @@
+"""HTTP handlers: the OpenAI-compatible client API, the admin API and operations."""

@@ -1,0 +1,116 @@
+"""The ASGI application: handlers, one error renderer, the request id on every answer."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from litestar import Litestar, Request, Response
+from litestar.exceptions import HTTPException
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.api.admin import admin_handlers
+from gateway.api.client import client_handlers
+from gateway.api.common import REQUEST_ID
+from gateway.api.ops import ops_handlers
+from gateway.config import Config
+from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.services import Services
+
+__all__ = ["create_app"]
+
+log = structlog.get_logger("gateway.app")
+
+
+def _request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Give every HTTP exchange an id, and put it on the answer as ``x-request-id``."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        rid = "req_" + os.urandom(12).hex()
+        scope[REQUEST_ID] = rid  # type: ignore[literal-required]
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware
+
+
+def _render(exc: GatewayError) -> Response[bytes]:
+    return Response(
+        exc.to_json(), status_code=exc.status, media_type="application/json", headers=exc.headers
+    )
+
+
+def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
+    return _render(exc)
+
+
+def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+    """Litestar's own refusals (no such route, wrong method, body too large) in OpenAI's shape."""
+    status = exc.status_code
+    if status == 413:
+        return _render(PayloadTooLarge("The request body is too large."))
+    if status == 404:
+        return _render(NotFound("No such endpoint."))
+    err = InvalidRequest(str(exc.detail) or "Bad request.")
+    response = _render(err)
+    response.status_code = status if 400 <= status < 500 else 400
+    return response
+
+
+def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    log.error("internal_error", path=request.url.path, exc_info=exc)
+    err = GatewayError("The gateway failed to handle this request.", code="internal_error")
+    return _render(err)
+
+
+def create_app(config: Config, services: Services | None = None) -> Litestar:
+    services = services or Services(config)
+
+    @asynccontextmanager
+    async def lifespan(_: Litestar) -> AsyncIterator[None]:
+        await services.start()
+        log.info(
+            "gateway_started",
+            storage=config.storage.url.split("://", 1)[0],
+            backends=[b.name for b in config.backends],
+            models=services.router.models,
+            admin_api="open" if services.admin_token else "closed",
+        )
+        try:
+            yield
+        finally:
+            await services.stop()
+            log.info("gateway_stopped")
+
+    app = Litestar(
+        route_handlers=[
+            *client_handlers(services),
+            *admin_handlers(services),
+            *ops_handlers(services),
+        ],
+        lifespan=[lifespan],
+        exception_handlers={
+            GatewayError: _gateway_error,
+            HTTPException: _http_error,
+            Exception: _internal_error,
+        },
+        request_max_body_size=config.server.max_body_bytes,
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
+    app.state.services = services
+    app.asgi_handler = _request_id_middleware(app.asgi_handler)
+    return app

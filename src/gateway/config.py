@@ -1,0 +1,275 @@
+"""The TOML config, parsed once into a typed, frozen tree.
+
+Unknown keys are rejected and every error names the file, the key path and the problem::
+
+    config.toml: routes[1].input_price: '-1' is not a decimal number like "12.5"
+
+The tree is passed explicitly to whatever needs it; nothing keeps it in a module global.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from gateway.money import AmountError, parse_amount, parse_price
+from gateway.tokens import SUPPORTED_ENCODINGS
+
+__all__ = [
+    "AdminConfig",
+    "BackendConfig",
+    "Config",
+    "ConfigError",
+    "LoggingConfig",
+    "MeteringConfig",
+    "RateLimitConfig",
+    "RouteConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "load_config",
+    "parse_config",
+]
+
+Number = int | float | str
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message names the file, the key path and the problem."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_bytes: int = 10 * 1024 * 1024
+    #: Extra seconds uvicorn waits for in-flight requests on shutdown.
+    graceful_shutdown_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be between 0 and 65535")
+        if self.max_body_bytes < 1024:
+            raise ValueError("max_body_bytes must be at least 1024")
+
+
+class StorageConfig(_Section):
+    url: str = "sqlite:///./gateway.db"
+    #: Create or migrate the schema at start (`gateway migrate` does it on demand).
+    migrate_on_start: bool = True
+    #: PostgreSQL connection pool size per process.
+    pool_size: int = 10
+    #: SQLite `PRAGMA synchronous`: NORMAL survives a process crash, FULL a power cut too.
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    #: A reservation older than this is released by any instance (its owner died).
+    reservation_lease_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("sqlite:///", "postgresql://", "postgres://", "memory://")):
+            raise ValueError("url must start with sqlite:///, postgresql:// or memory://")
+        if self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
+        if self.reservation_lease_s < 60:
+            raise ValueError("reservation_lease_s must be at least 60")
+
+
+class AdminConfig(_Section):
+    #: The environment variable holding the admin bearer token; unset or empty: admin API closed.
+    token_env: str = "GATEWAY_ADMIN_TOKEN"
+
+
+class RoutingConfig(_Section):
+    #: Consecutive failures after which a backend is skipped for `cooldown_s`.
+    failure_threshold: int = 3
+    cooldown_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        if self.cooldown_s < 0:
+            raise ValueError("cooldown_s must not be negative")
+
+
+class MeteringConfig(_Section):
+    #: Completion tokens reserved up front when the client sets no max_tokens; a stream that
+    #: goes past its reservation extends it from the wallet, and is cut off when it cannot.
+    default_reserve_tokens: int = 4096
+    #: Reservation step (tokens) when a stream extends its reservation.
+    extend_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.default_reserve_tokens < 1 or self.extend_tokens < 1:
+            raise ValueError("token counts must be at least 1")
+
+
+class RateLimitConfig(_Section):
+    #: Redis URL for limits shared by several instances; empty: counted in this process.
+    redis_url: str = ""
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    #: "json" for machines, "console" for a human at a terminal.
+    format: Literal["json", "console"] = "json"
+
+
+class BackendConfig(_Section, kw_only=True):
+    name: str
+    #: "openai": any server speaking the OpenAI HTTP API; "demo": a local demo supplier.
+    kind: Literal["openai", "demo"] = "openai"
+    base_url: str = ""
+    api_key_env: str | None = None
+    timeout_s: float = 600.0
+    connect_timeout_s: float = 10.0
+    #: Demo backends only: seconds between streamed words (0 streams as fast as possible).
+    demo_delay_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+        if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must be an http:// or https:// URL")
+        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.demo_delay_s < 0:
+            raise ValueError("demo_delay_s must not be negative")
+
+
+class RouteConfig(_Section, kw_only=True):
+    model: str
+    backend: str
+    input_price: Number
+    output_price: Number
+    upstream_model: str | None = None
+    cached_input_price: Number | None = None
+    tokenizer: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model or len(self.model) > 256:
+            raise ValueError("model must be a non-empty string of at most 256 characters")
+        for field in ("input_price", "output_price", "cached_input_price"):
+            value = getattr(self, field)
+            if value is None:
+                continue
+            try:
+                parse_price(value)
+            except AmountError as exc:
+                raise ValueError(f"{field} {value!r}: {exc}") from None
+        if self.tokenizer is not None and self.tokenizer not in SUPPORTED_ENCODINGS:
+            raise ValueError(
+                f"tokenizer {self.tokenizer!r} is not one of {', '.join(SUPPORTED_ENCODINGS)}"
+            )
+
+    @property
+    def target_model(self) -> str:
+        return self.upstream_model or self.model
+
+    @property
+    def input_micro(self) -> int:
+        return parse_price(self.input_price)
+
+    @property
+    def output_micro(self) -> int:
+        return parse_price(self.output_price)
+
+    @property
+    def cached_micro(self) -> int:
+        """The cached-input price; the full input price when none is set."""
+        if self.cached_input_price is None:
+            return self.input_micro
+        return parse_price(self.cached_input_price)
+
+
+class Config(_Section):
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)
+    metering: MeteringConfig = msgspec.field(default_factory=MeteringConfig)
+    ratelimit: RateLimitConfig = msgspec.field(default_factory=RateLimitConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    backends: tuple[BackendConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+    def backend(self, name: str) -> BackendConfig:
+        for backend in self.backends:
+            if backend.name == name:
+                return backend
+        raise KeyError(name)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+
+
+def _check_references(config: Config) -> tuple[str, str] | None:
+    """Cross-field rules msgspec cannot express; returns (key path, problem) or None."""
+    names: set[str] = set()
+    for i, backend in enumerate(config.backends):
+        if backend.name in names:
+            return f"backends[{i}].name", f"duplicate backend name {backend.name!r}"
+        names.add(backend.name)
+    seen: set[tuple[str, str]] = set()
+    for i, route in enumerate(config.routes):
+        if route.backend not in names:
+            known = ", ".join(sorted(names)) or "none"
+            return f"routes[{i}].backend", f"unknown backend {route.backend!r} (known: {known})"
+        if (route.model, route.backend) in seen:
+            return f"routes[{i}]", f"model {route.model!r} is routed to {route.backend!r} twice"
+        seen.add((route.model, route.backend))
+    return None
+
+
+def parse_config(text: str, *, source: str = "<config>") -> Config:
+    """Parse TOML text; raise :class:`ConfigError` naming ``source``, the key path and problem."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(raw, type=Config)
+    except msgspec.ValidationError as exc:
+        match = _AT.match(str(exc))
+        assert match is not None  # the pattern matches any text
+        path = (match["path"] or "").lstrip(".") or "(top level)"
+        raise ConfigError(f"{source}: {path}: {_friendly(match['msg'])}") from None
+    problem = _check_references(config)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem[0]}: {problem[1]}")
+    return config
+
+
+def _friendly(message: str) -> str:
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown:
+        return f"unknown key {unknown[1]!r}"
+    missing = re.match(r"Object missing required field `([^`]*)`", message)
+    if missing:
+        return f"missing required key {missing[1]!r}"
+    return message
+
+
+def load_config(path: str | Path) -> Config:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{file}: cannot read config: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file}: config is not UTF-8 text") from None
+    return parse_config(text, source=str(file))
+
+
+def amount_or_error(value: object, key: str) -> int:
+    """Parse an amount from a config or CLI value, naming ``key`` on error."""
+    try:
+        return parse_amount(value)
+    except AmountError as exc:
+        raise ConfigError(f"{key}: {exc}") from None

@@ -1,0 +1,86 @@
+"""The metered client endpoints: what each one's body must hold, how its prompt is counted,
+and which fields bound what it generates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.errors import InvalidRequest
+from gateway.tokens import TokenCounter
+
+__all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "Endpoint"]
+
+
+def _require_list(field: str) -> Callable[[Mapping[str, Any]], None]:
+    def check(body: Mapping[str, Any]) -> None:
+        value = body.get(field)
+        if not isinstance(value, list) or not value:
+            raise InvalidRequest(f"'{field}' is required and must be a non-empty array.", param=field)
+        if field == "messages":
+            for i, message in enumerate(value):
+                if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+                    raise InvalidRequest(
+                        f"'messages[{i}]' must be an object with a string 'role'.",
+                        param=f"messages[{i}]",
+                    )
+
+    return check
+
+
+def _require_input(field: str) -> Callable[[Mapping[str, Any]], None]:
+    def check(body: Mapping[str, Any]) -> None:
+        value = body.get(field)
+        if isinstance(value, str) or (isinstance(value, list) and value):
+            return
+        raise InvalidRequest(
+            f"'{field}' is required: a string or a non-empty array.", param=field
+        )
+
+    return check
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    name: str  # as recorded in usage: "chat.completions"
+    path: str  # upstream path below the backend's base_url
+    streams: bool
+    generates: bool  # produces completion tokens (and so takes a bound)
+    bound_fields: tuple[str, ...]  # the last one is what the gateway sets when none was given
+    validate: Callable[[Mapping[str, Any]], None]
+    count: Callable[[TokenCounter, Mapping[str, Any]], int]
+
+    def count_prompt(self, counter: TokenCounter, body: Mapping[str, Any]) -> int:
+        return self.count(counter, body)
+
+
+CHAT = Endpoint(
+    name="chat.completions",
+    path="/chat/completions",
+    streams=True,
+    generates=True,
+    bound_fields=("max_completion_tokens", "max_tokens"),
+    validate=_require_list("messages"),
+    count=lambda c, b: c.count_chat_prompt(b.get("messages") or [], b.get("tools")),
+)
+
+COMPLETIONS = Endpoint(
+    name="completions",
+    path="/completions",
+    streams=True,
+    generates=True,
+    bound_fields=("max_tokens",),
+    validate=_require_input("prompt"),
+    count=lambda c, b: c.count_completion_prompt(b.get("prompt")),
+)
+
+EMBEDDINGS = Endpoint(
+    name="embeddings",
+    path="/embeddings",
+    streams=False,
+    generates=False,
+    bound_fields=(),
+    validate=_require_input("input"),
+    count=lambda c, b: c.count_embedding_input(b.get("input")),
+)

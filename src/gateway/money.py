@@ -1,0 +1,84 @@
+"""Exact money: credits as integers of micro-credits, never floats.
+
+Amounts travel as decimal strings (``"12.5"``); numbers are accepted on input. Prices are
+credits per 1M tokens, so the cost of one token at price ``p`` is ``p`` micro-credits:
+``cost_micro = ceil(sum(tokens * price_micro) / 1_000_000)`` with prices kept in micro-credits
+per 1M tokens (exact integers too).
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+__all__ = [
+    "MICRO",
+    "AmountError",
+    "ceil_div",
+    "format_micro",
+    "parse_amount",
+    "parse_price",
+]
+
+MICRO = 1_000_000
+_DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+_MAX_MICRO = 10**18  # well inside int64 for PostgreSQL BIGINT
+
+
+class AmountError(ValueError):
+    """An amount or price that is not a non-negative decimal exact to 1e-6."""
+
+
+def _to_decimal(value: object) -> Decimal:
+    if isinstance(value, bool):
+        raise AmountError("must be a decimal string or number, not a boolean")
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise AmountError("must be a finite number")
+        return Decimal(repr(value))
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL.match(text):
+            raise AmountError(f"{value!r} is not a decimal number like \"12.5\"")
+        try:
+            return Decimal(text)
+        except InvalidOperation as exc:  # pragma: no cover - the regex already guards
+            raise AmountError(f"{value!r} is not a decimal number") from exc
+    raise AmountError("must be a decimal string or number")
+
+
+def parse_amount(value: object, *, allow_zero: bool = False) -> int:
+    """Parse a credit amount into micro-credits; exact to 1e-6, never negative."""
+    dec = _to_decimal(value)
+    if dec < 0:
+        raise AmountError("must not be negative")
+    micro = dec * MICRO
+    if micro != micro.to_integral_value():
+        raise AmountError("has more than 6 decimal places (the unit is 1e-6 credit)")
+    result = int(micro)
+    if result > _MAX_MICRO:
+        raise AmountError("is too large")
+    if result == 0 and not allow_zero:
+        raise AmountError("must be greater than zero")
+    return result
+
+
+def parse_price(value: object) -> int:
+    """Parse a price (credits per 1M tokens) into micro-credits per 1M tokens."""
+    return parse_amount(value, allow_zero=True)
+
+
+def ceil_div(numerator: int, denominator: int) -> int:
+    """Integer division rounding up (for non-negative operands)."""
+    return -(-numerator // denominator)
+
+
+def format_micro(micro: int) -> str:
+    """Render micro-credits as a decimal string without trailing zeros: 12500000 -> "12.5"."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO)
+    if frac == 0:
+        return f"{sign}{whole}"
+    return f"{sign}{whole}.{frac:06d}".rstrip("0")

@@ -1,0 +1,499 @@
+"""The request path: admit, reserve, forward with failover, meter, settle.
+
+    admit (model, allowlist, limits) ─▶ reserve the most it can cost ─▶ try routes cheapest
+    first ─▶ relay the answer (streamed: metered chunk by chunk, cut off when the wallet
+    cannot pay) ─▶ settle in one place that always runs (:class:`Settlement`)
+
+A non-streamed answer is settled before it is returned; a stream holds back its final usage
+chunk and ``[DONE]`` until the settlement is written, so an answer the client received in full
+is always in the ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import structlog
+
+from gateway import wire
+from gateway.config import Config
+from gateway.endpoints import Endpoint
+from gateway.errors import (
+    GatewayError,
+    InsufficientQuota,
+    InvalidRequest,
+    ModelNotFound,
+    PermissionDenied,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.metering import Meter
+from gateway.metrics import Metrics
+from gateway.ratelimit import RateLimiter
+from gateway.routing import Route, Router
+from gateway.settlement import Settlement
+from gateway.sse import Event, SSEParser, is_done
+from gateway.storage import ApiKey, Store, UsageStatus
+from gateway.tasks import TaskGroup
+from gateway.tokens import TokenCounter
+from gateway.upstream import Backend, UpstreamResponse, forwardable_request_headers
+
+__all__ = ["Answer", "Relay", "StreamAnswer"]
+
+log = structlog.get_logger("gateway.relay")
+
+#: Largest upstream answer read into memory (non-streamed answers, error bodies).
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+_ERROR_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete answer to send as is."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamAnswer:
+    """A stream to send; ``body`` settles the request however it ends."""
+
+    headers: dict[str, str]
+    body: AsyncIterator[bytes]
+    settlement: Settlement
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What the client asked for, read once from the body."""
+
+    model: str
+    stream: bool
+    choices: int
+    bound_field: str | None  # "max_tokens" / "max_completion_tokens" the client set
+    bound: int | None
+    wants_usage: bool  # the client asked stream_options.include_usage
+
+
+def _int_field(body: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise InvalidRequest(f"'{name}' must be an integer >= {minimum}.", param=name)
+    return value
+
+
+def plan_request(endpoint: Endpoint, body: Mapping[str, Any]) -> _Plan:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a string.", param="model")
+    endpoint.validate(body)
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    if stream and not endpoint.streams:
+        raise InvalidRequest(f"{endpoint.name} does not stream.", param="stream")
+    choices = _int_field(body, "n", minimum=1) or 1
+    if choices > 128:
+        raise InvalidRequest("'n' must be at most 128.", param="n")
+    bound_field: str | None = None
+    bound: int | None = None
+    for name in endpoint.bound_fields:
+        value = _int_field(body, name, minimum=1)
+        if value is not None and (bound is None or value < bound):
+            bound_field, bound = name, value
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    wants_usage = bool(options.get("include_usage")) if options else False
+    return _Plan(model, stream, choices, bound_field, bound, wants_usage)
+
+
+class Relay:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        router: Router,
+        backends: Mapping[str, Backend],
+        limiter: RateLimiter,
+        metrics: Metrics,
+        tasks: TaskGroup,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._backends = backends
+        self._limiter = limiter
+        self._metrics = metrics
+        self._tasks = tasks
+        self._counters: dict[str, TokenCounter] = {}
+
+    def counter(self, encoding: str) -> TokenCounter:
+        counter = self._counters.get(encoding)
+        if counter is None:
+            counter = self._counters[encoding] = TokenCounter(encoding)
+        return counter
+
+    def models_for(self, key: ApiKey) -> list[str]:
+        allowed = set(key.models) if key.models is not None else None
+        return [m for m in self._router.models if allowed is None or m in allowed]
+
+    # -- the request ---------------------------------------------------------------------
+    async def handle(
+        self,
+        endpoint: Endpoint,
+        key: ApiKey,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        request_id: str,
+    ) -> Answer | StreamAnswer:
+        plan = plan_request(endpoint, body)
+        routes = self._router.routes(plan.model)
+        if not routes:
+            raise ModelNotFound(
+                f"The model '{plan.model}' does not exist or you do not have access to it.",
+                param="model",
+            )
+        if key.models is not None and plan.model not in key.models:
+            raise PermissionDenied(
+                f"This key may not use the model '{plan.model}'.", param="model",
+                code="model_not_allowed",
+            )
+        remaining_spend: int | None = None
+        if key.spend_limit is not None:
+            remaining_spend = key.spend_limit - key.spent
+            if remaining_spend <= 0:
+                raise PermissionDenied(
+                    "This key has reached its spend limit.", code="spend_limit_reached"
+                )
+        await self._limiter.admit(key.id, key.rpm, key.tpm)
+
+        prompt = {
+            enc: endpoint.count_prompt(self.counter(enc), body)
+            for enc in {r.encoding for r in routes}
+        }
+        per_choice = plan.bound or self._config.metering.default_reserve_tokens
+        want = per_choice * plan.choices if endpoint.generates else 0
+        least = plan.choices if endpoint.generates else 0
+        ranked = sorted(
+            routes,
+            key=lambda r: (r.prices.cost_of(prompt[r.encoding], want), r.order),
+        )
+        maximum = max(r.prices.cost_of(prompt[r.encoding], want) for r in ranked)
+        minimum = min(r.prices.cost_of(prompt[r.encoding], least) for r in ranked)
+        if remaining_spend is not None:
+            if remaining_spend < minimum:
+                raise PermissionDenied(
+                    "This key's spend limit cannot cover this request.",
+                    code="spend_limit_reached",
+                )
+            maximum = min(maximum, remaining_spend)
+        maximum = max(maximum, minimum)
+        reservation = await self._store.reserve(
+            wallet_id=key.wallet_id,
+            key_id=key.id,
+            request_id=request_id,
+            minimum=max(minimum, 1),
+            maximum=max(maximum, 1),
+            lease_s=self._config.storage.reservation_lease_s,
+        )
+        if reservation is None:
+            raise InsufficientQuota(
+                "You exceeded your current quota: the wallet cannot pay for this request.",
+            )
+        settlement = Settlement(
+            store=self._store,
+            tasks=self._tasks,
+            metrics=self._metrics,
+            limiter=self._limiter,
+            reservation=reservation,
+            key=key,
+            model=plan.model,
+            endpoint=endpoint.name,
+            stream=plan.stream,
+            extend_step=self._config.metering.extend_tokens,
+        )
+        handed_off = False
+        try:
+            answer = await self._forward(endpoint, plan, body, headers, ranked, prompt, settlement)
+            handed_off = isinstance(answer, StreamAnswer)
+            return answer
+        except asyncio.CancelledError:
+            await settlement.settle(UsageStatus.CLIENT_DISCONNECTED, charge=False)
+            raise
+        except GatewayError as exc:
+            status = (
+                UsageStatus.UPSTREAM_ERROR if isinstance(exc, UpstreamError) else UsageStatus.ERROR
+            )
+            await settlement.settle(status, error=exc.code, charge=False)
+            raise
+        finally:
+            if not handed_off:
+                # nothing was delivered on any path that gets here unsettled
+                await settlement.settle(UsageStatus.ERROR, error="internal", charge=False)
+
+    async def _forward(
+        self,
+        endpoint: Endpoint,
+        plan: _Plan,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        ranked: list[Route],
+        prompt: Mapping[str, int],
+        settlement: Settlement,
+    ) -> Answer | StreamAnswer:
+        passed = forwardable_request_headers(headers)
+        passed["X-Request-Id"] = settlement.request_id
+        last: GatewayError | None = None
+        tried = 0
+        for route in ranked:
+            breaker = self._router.breaker(route)
+            prompt_tokens = prompt[route.encoding]
+            cap = self._completion_cap(endpoint, plan, route, prompt_tokens, settlement.reserved)
+            if cap == 0:
+                last = last or InsufficientQuota(
+                    "You exceeded your current quota: the wallet cannot pay for this request."
+                )
+                continue
+            if not breaker.allow():
+                last = last or UpstreamError(
+                    f"No healthy backend serves '{plan.model}' right now."
+                )
+                continue
+            tried += 1
+            upstream_body = self._upstream_body(endpoint, plan, body, route, cap)
+            backend = self._backends[route.backend.name]
+            try:
+                response = await backend.send(
+                    endpoint.path, upstream_body, stream=plan.stream, headers=passed
+                )
+            except UpstreamError as exc:
+                self._failed(route, exc, "timeout" if isinstance(exc, UpstreamTimeout) else "connect")
+                last = exc
+                continue
+            meter = Meter(
+                self.counter(route.encoding),
+                route.prices,
+                prompt_tokens=prompt_tokens,
+                completion_cap=cap * plan.choices if cap is not None else None,
+            )
+            settlement.attach(route, meter)
+            try:
+                if response.status >= 300:
+                    answer = await self._upstream_refusal(route, response)
+                    if answer is not None:
+                        breaker.record_success()
+                        await settlement.settle(
+                            UsageStatus.UPSTREAM_ERROR, error=f"status_{answer.status}",
+                            charge=False,
+                        )
+                        return answer
+                    continue
+                if plan.stream:
+                    return await self._open_stream(route, response, meter, plan, settlement)
+                return await self._complete(route, response, meter, settlement)
+            except UpstreamError as exc:
+                response.close()
+                self._failed(route, exc, "timeout" if isinstance(exc, UpstreamTimeout) else "body")
+                last = exc
+                settlement.detach()
+                continue
+        if last is None or (tried == 0 and not isinstance(last, InsufficientQuota)):
+            last = last or UpstreamError(f"No backend could serve '{plan.model}'.")
+        if isinstance(last, InsufficientQuota) or not isinstance(last, UpstreamError):
+            raise last
+        if isinstance(last, UpstreamTimeout):
+            raise UpstreamTimeout(f"Every backend for '{plan.model}' timed out.")
+        raise UpstreamError(f"Every backend for '{plan.model}' failed: {last.message}")
+
+    def _completion_cap(
+        self, endpoint: Endpoint, plan: _Plan, route: Route, prompt_tokens: int, reserved: int
+    ) -> int | None:
+        """Per-choice completion bound the reservation pays for at this route (None: no
+        bound needed; 0: this route is too dear for the reservation)."""
+        if not endpoint.generates:
+            return None if route.prices.prompt_cost(prompt_tokens) <= reserved else 0
+        affordable = route.prices.affordable_completion(reserved, prompt_tokens) // plan.choices
+        if plan.bound is not None:
+            return min(plan.bound, affordable)
+        if affordable >= self._config.metering.default_reserve_tokens:
+            return None
+        return affordable
+
+    def _upstream_body(
+        self, endpoint: Endpoint, plan: _Plan, body: dict[str, Any], route: Route, cap: int | None
+    ) -> bytes:
+        out = dict(body)
+        out["model"] = route.upstream_model
+        if cap is not None and endpoint.generates:
+            out[plan.bound_field or endpoint.bound_fields[-1]] = cap
+        if plan.stream:
+            options = body.get("stream_options") or {}
+            out["stream_options"] = {**options, "include_usage": True}
+        return msgspec.json.encode(out)
+
+    def _failed(self, route: Route, exc: GatewayError, reason: str) -> None:
+        breaker = self._router.breaker(route)
+        breaker.record_failure()
+        self._metrics.upstream_errors.labels(route.backend.name, reason).inc()
+        self._metrics.circuit_open.labels(route.backend.name).set(
+            1 if breaker.state == "open" else 0
+        )
+        log.warning(
+            "upstream_failed", backend=route.backend.name, reason=reason, error=exc.message
+        )
+
+    async def _upstream_refusal(self, route: Route, response: UpstreamResponse) -> Answer | None:
+        """A non-2xx status: None to fail over (5xx, 429, and the backend refusing the
+        gateway's own credentials or model name), else the upstream's error relayed as is."""
+        status = response.status
+        try:
+            body = await response.read(_ERROR_BODY_BYTES)
+        except UpstreamError:
+            body = b""
+        finally:
+            response.close()
+        if status >= 500 or status in (401, 403, 404, 408, 429):
+            self._failed(route, UpstreamError(f"status {status}"), f"status_{status}")
+            return None
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            message = body.decode("utf-8", "replace")[:500] or f"status {status}"
+            body = InvalidRequest(f"The backend refused the request: {message}").to_json()
+        return Answer(status, body, {"content-type": "application/json"})
+
+    async def _complete(
+        self, route: Route, response: UpstreamResponse, meter: Meter, settlement: Settlement
+    ) -> Answer:
+        body = await response.read(MAX_ANSWER_BYTES)
+        response.release()
+        try:
+            meter.observe_answer(wire.decode_answer(body))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamError(f"backend {route.backend.name!r} sent an invalid answer") from exc
+        self._router.breaker(route).record_success()
+        await settlement.settle(UsageStatus.OK)
+        return Answer(200, body, response.headers)
+
+    async def _open_stream(
+        self,
+        route: Route,
+        response: UpstreamResponse,
+        meter: Meter,
+        plan: _Plan,
+        settlement: Settlement,
+    ) -> StreamAnswer:
+        """Read up to the first event before answering, so that a backend failing before it
+        says anything is failed over."""
+        if "text/event-stream" not in response.headers.get("content-type", ""):
+            response.close()
+            raise UpstreamError(f"backend {route.backend.name!r} did not stream its answer")
+        parser = SSEParser()
+        chunks = response.chunks()
+        first: list[Event] = []
+        async for chunk in chunks:
+            first = parser.feed(chunk)
+            if first:
+                break
+        else:
+            first = parser.flush()
+            if not first:
+                raise UpstreamError(f"backend {route.backend.name!r} closed an empty stream")
+        self._router.breaker(route).record_success()
+        body = self._relay_stream(first, parser, chunks, response, meter, plan, settlement)
+        return StreamAnswer(
+            headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
+            body=body,
+            settlement=settlement,
+        )
+
+    async def _relay_stream(
+        self,
+        first: list[Event],
+        parser: SSEParser,
+        chunks: AsyncIterator[bytes],
+        response: UpstreamResponse,
+        meter: Meter,
+        plan: _Plan,
+        settlement: Settlement,
+    ) -> AsyncIterator[bytes]:
+        status = UsageStatus.OK
+        error: GatewayError | None = None
+        tail: list[bytes] = []
+        try:
+            async for event in _events(first, parser, chunks):
+                data = event.data
+                if data is None:
+                    yield event.raw  # comments and keep-alives
+                    continue
+                if is_done(data):
+                    tail.append(event.raw)
+                    break
+                try:
+                    chunk = wire.decode_chunk(data)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.warning("upstream_bad_event", request_id=settlement.request_id)
+                    continue
+                if chunk.error is not None:
+                    status = UsageStatus.UPSTREAM_ERROR
+                    tail.append(event.raw)
+                    break
+                if chunk.usage is not None and not chunk.choices:
+                    meter.reported = chunk.usage
+                    if plan.wants_usage:
+                        tail.append(event.raw)
+                    continue
+                added = meter.peek(chunk)
+                if added and not await settlement.cover(meter.cost_with(added)):
+                    status = UsageStatus.CUT_OFF
+                    error = InsufficientQuota(
+                        "The wallet cannot pay for more of this answer: the stream was ended."
+                    )
+                    break
+                meter.observe_chunk(chunk, added)
+                yield event.raw
+        except UpstreamError as exc:
+            status = UsageStatus.UPSTREAM_ERROR
+            error = exc
+        except (asyncio.CancelledError, GeneratorExit):
+            status = UsageStatus.CLIENT_DISCONNECTED
+            raise
+        finally:
+            response.close()
+            await settlement.settle(status, error=error.code if error else None)
+        if settlement.failed is not None:
+            yield settlement.failed.to_sse()
+            return
+        if error is not None:
+            yield error.to_sse()
+        for raw in tail:
+            yield raw
+
+
+async def _events(
+    first: list[Event], parser: SSEParser, chunks: AsyncIterator[bytes]
+) -> AsyncIterator[Event]:
+    for event in first:
+        yield event
+    async for chunk in chunks:
+        for event in parser.feed(chunk):
+            yield event
+    for event in parser.flush():
+        yield event
+
+
+def elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)

@@ -1,0 +1,127 @@
+"""Everything one gateway process holds, built from the config and opened/closed together."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import time
+from pathlib import Path
+
+import aiohttp
+import structlog
+
+from gateway.config import Config
+from gateway.demo import DemoBackend
+from gateway.keys import KeyCache
+from gateway.metrics import Metrics
+from gateway.ratelimit import LocalLimiter, RateLimiter
+from gateway.relay import Relay
+from gateway.routing import Router
+from gateway.storage import Store, store_from_url
+from gateway.storage.factory import sqlite_path
+from gateway.tasks import TaskGroup
+from gateway.upstream import Backend, HttpBackend, open_session
+
+__all__ = ["Services", "open_store"]
+
+log = structlog.get_logger("gateway.services")
+
+#: How often expired reservations (of a dead instance) are looked for.
+_SWEEP_S = 30.0
+
+
+def open_store(config: Config) -> Store:
+    return store_from_url(
+        config.storage.url,
+        pool_size=config.storage.pool_size,
+        synchronous=config.storage.sqlite_synchronous,
+    )
+
+
+class Services:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = open_store(config)
+        self.metrics = Metrics()
+        self.tasks = TaskGroup()
+        self.router = Router(config)
+        self.keys = KeyCache(self.store)
+        self.limiter: RateLimiter = LocalLimiter()
+        self.admin_token = os.environ.get(config.admin.token_env, "")
+        self.backends: dict[str, Backend] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._lock_file: int | None = None
+        self.relay: Relay | None = None
+
+    async def start(self) -> None:
+        self._lock_embedded_storage()
+        await self.store.open(migrate=self.config.storage.migrate_on_start)
+        if self.config.storage.url.startswith("sqlite:"):
+            # One process serves a SQLite file (the lock above): whatever is still reserved
+            # belongs to requests that died with the previous process.
+            released = await self.store.release_expired(time.time(), all_=True)
+        else:
+            released = await self.store.release_expired(time.time())
+        if released:
+            log.warning("reservations_released_at_start", count=released)
+        if self.config.ratelimit.redis_url:
+            from gateway.ratelimit_redis import RedisLimiter
+
+            self.limiter = RedisLimiter(self.config.ratelimit.redis_url, metrics=self.metrics)
+        self._session = open_session()
+        for backend in self.config.backends:
+            if backend.kind == "demo":
+                self.backends[backend.name] = DemoBackend(backend)
+            else:
+                self.backends[backend.name] = HttpBackend(backend, self._session)
+        self.relay = Relay(
+            config=self.config,
+            store=self.store,
+            router=self.router,
+            backends=self.backends,
+            limiter=self.limiter,
+            metrics=self.metrics,
+            tasks=self.tasks,
+        )
+        self.tasks.spawn(self._sweep(), name="reservation-sweeper")
+
+    async def _sweep(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            try:
+                released = await self.store.release_expired(time.time())
+            except Exception:
+                log.exception("reservation_sweep_failed")
+                continue
+            if released:
+                log.warning("expired_reservations_released", count=released)
+
+    async def stop(self) -> None:
+        await self.tasks.drain(timeout=self.config.server.graceful_shutdown_s)
+        await self.tasks.cancel_all()
+        if self._session is not None:
+            await self._session.close()
+        await self.limiter.close()
+        await self.store.close()
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
+
+    def _lock_embedded_storage(self) -> None:
+        url = self.config.storage.url
+        if not url.startswith("sqlite:"):
+            return
+        path = Path(sqlite_path(url))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"another gateway process is serving {path}: a SQLite ledger is served by one "
+                "process (use PostgreSQL for several)"
+            ) from None
+        self._lock_file = fd

@@ -1,0 +1,195 @@
+"""One request's money, from reservation to settlement, settled exactly once.
+
+Every path a request can end by (an answer, an upstream failure, a cut-off, a client that
+went away, a bug) calls :meth:`Settlement.settle`; the first call wins. The write runs in a
+task of its own and is shielded, so a cancelled request (a disconnected client) still settles.
+It also writes the request's one log event and its metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from gateway.errors import GatewayError, StorageUnavailable
+from gateway.metering import Meter
+from gateway.metrics import Metrics
+from gateway.money import MICRO, ceil_div
+from gateway.pricing import TokenUsage
+from gateway.ratelimit import RateLimiter
+from gateway.routing import Route
+from gateway.storage import ApiKey, Reservation, Store, Usage, UsageStatus
+from gateway.tasks import TaskGroup
+
+__all__ = ["Settlement"]
+
+log = structlog.get_logger("gateway.request")
+
+
+class Settlement:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        tasks: TaskGroup,
+        metrics: Metrics,
+        limiter: RateLimiter,
+        reservation: Reservation,
+        key: ApiKey,
+        model: str,
+        endpoint: str,
+        stream: bool,
+        extend_step: int,
+    ) -> None:
+        self._store = store
+        self._tasks = tasks
+        self._metrics = metrics
+        self._limiter = limiter
+        self._reservation = reservation
+        self._key = key
+        self._model = model
+        self._endpoint = endpoint
+        self._stream = stream
+        self._extend_step = extend_step
+        self._started = time.perf_counter()
+        self._route: Route | None = None
+        self._meter: Meter | None = None
+        self._task: asyncio.Task[Usage | None] | None = None
+        #: Set when storage refused the settlement: the client must not get a clean end.
+        self.failed: StorageUnavailable | None = None
+        metrics.in_flight.inc()
+
+    @property
+    def request_id(self) -> str:
+        return self._reservation.request_id
+
+    @property
+    def reserved(self) -> int:
+        return self._reservation.amount
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None
+
+    def attach(self, route: Route, meter: Meter) -> None:
+        """The route now being tried, and the meter measuring its answer."""
+        self._route = route
+        self._meter = meter
+
+    def detach(self) -> None:
+        self._meter = None
+
+    async def cover(self, cost: int) -> bool:
+        """Make sure the reservation covers ``cost``, growing it from the wallet if needed;
+        False when the wallet cannot pay that much."""
+        if cost <= self._reservation.amount:
+            return True
+        needed = cost - self._reservation.amount
+        step = needed
+        if self._route is not None:
+            step = max(needed, ceil_div(self._extend_step * self._route.prices.output, MICRO))
+        try:
+            grown = await self._store.extend(self._reservation, minimum=needed, maximum=step)
+        except StorageUnavailable:
+            return False
+        if grown is None:
+            return False
+        self._reservation = grown
+        return True
+
+    async def settle(
+        self, status: UsageStatus, *, error: str | None = None, charge: bool = True
+    ) -> None:
+        """Charge what was consumed (when ``charge`` and a meter measured an answer), release
+        the rest, record the usage. Only the first call does anything."""
+        if self._task is not None:
+            return
+        meter = self._meter if charge else None
+        usage = meter.usage() if meter is not None else TokenUsage()
+        cost = meter.cost(usage) if meter is not None else 0
+        record = Usage(
+            request_id=self._reservation.request_id,
+            key_id=self._key.id,
+            wallet_id=self._key.wallet_id,
+            model=self._model,
+            backend=self._route.backend.name if self._route is not None else None,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            status=str(status),
+            created_at=time.time(),
+            stream=self._stream,
+            latency_ms=int((time.perf_counter() - self._started) * 1000),
+            endpoint=self._endpoint,
+            extra={"error": error} if error else {},
+        )
+        self._task = self._tasks.spawn(
+            self._write(record, cost), name=f"settle-{self._reservation.request_id}"
+        )
+        await asyncio.shield(self._task)
+
+    async def _write(self, record: Usage, cost: int) -> Usage | None:
+        written: Usage | None = None
+        try:
+            for attempt in range(3):
+                try:
+                    written = await self._store.settle(self._reservation, record, cost)
+                    break
+                except StorageUnavailable as exc:
+                    if attempt == 2:
+                        self.failed = exc
+                        self._metrics.settlement_failures.inc()
+                        log.error(
+                            "settlement_failed",
+                            request_id=record.request_id,
+                            key_id=record.key_id,
+                            wallet_id=record.wallet_id,
+                            cost_micro=cost,
+                            error=exc.message,
+                        )
+                    else:
+                        await asyncio.sleep(0.05 * (attempt + 1))
+        finally:
+            self._metrics.in_flight.dec()
+        self._observe(written or record, cost)
+        return written
+
+    def _observe(self, usage: Usage, cost: int) -> None:
+        m = self._metrics
+        backend = usage.backend or ""
+        m.requests.labels(usage.endpoint, usage.model, usage.status).inc()
+        m.latency.labels(usage.endpoint).observe(usage.latency_ms / 1000)
+        if usage.prompt_tokens:
+            m.tokens.labels(usage.model, backend, "prompt").inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            m.tokens.labels(usage.model, backend, "completion").inc(usage.completion_tokens)
+        if usage.cost:
+            m.credits.labels(usage.model, backend).inc(usage.cost)
+        if usage.shortfall:
+            m.shortfall.labels(usage.model, backend).inc(usage.shortfall)
+        if self._key.tpm:
+            tokens = usage.prompt_tokens + usage.completion_tokens
+            self._tasks.spawn(
+                self._limiter.consume_tokens(self._key.id, self._key.tpm, tokens),
+                name=f"tpm-{usage.request_id}",
+            )
+        log.info(
+            "request_completed",
+            request_id=usage.request_id,
+            key_id=usage.key_id,
+            wallet_id=usage.wallet_id,
+            model=usage.model,
+            backend=usage.backend,
+            endpoint=usage.endpoint,
+            stream=usage.stream,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_micro=usage.cost,
+            shortfall_micro=usage.shortfall,
+            latency_ms=usage.latency_ms,
+            outcome=usage.status,
+            error=usage.extra.get("error"),
+        )

@@ -1,0 +1,25 @@
+"""Storage engines behind one interface; :func:`open_store` picks one from a URL."""
+
+from gateway.storage.base import (
+    ApiKey,
+    LedgerEntry,
+    Reservation,
+    Store,
+    Transfer,
+    Usage,
+    UsageStatus,
+    Wallet,
+)
+from gateway.storage.factory import store_from_url
+
+__all__ = [
+    "ApiKey",
+    "LedgerEntry",
+    "Reservation",
+    "Store",
+    "Transfer",
+    "Usage",
+    "UsageStatus",
+    "Wallet",
+    "store_from_url",
+]
