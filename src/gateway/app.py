@@ -9,6 +9,7 @@ from typing import Any
 
 import structlog
 from litestar import Litestar, Request, Response
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +30,7 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
     """Give every HTTP exchange an id, and put it on the answer as ``x-request-id``."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         rid = "req_" + os.urandom(12).hex()

@@ -103,11 +103,11 @@ def _parser() -> argparse.ArgumentParser:
     return root
 
 
-def _print(data: Any, as_json: bool) -> None:
+def _print(data: dict[str, Any], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
         return
-    rows = data.get("data") if isinstance(data, dict) and "data" in data else [data]
+    rows: list[dict[str, Any]] = data.get("data", [data])
     for row in rows:
         sys.stdout.write("  ".join(f"{k}={v}" for k, v in row.items() if v is not None) + "\n")
 
@@ -162,17 +162,17 @@ async def _manage(args: argparse.Namespace, config: Config) -> tuple[Any, int]:
                     "rpm": args.rpm, "tpm": args.tpm, "spend_limit": args.spend_limit,
                     "expires_at": args.expires_at,
                 }
-                key, secret = await operations.create_key(store, body)
-                return key_json(key, secret)
+                created, secret = await operations.create_key(store, body)
+                return key_json(created, secret)
             if action == "list":
                 return {"data": [key_json(k) for k in await store.list_keys(wallet_id=args.wallet)]}
             if action == "revoke":
                 import time
 
-                key = await store.revoke_key(args.id, time.time())
-                if key is None:
+                revoked = await store.revoke_key(args.id, time.time())
+                if revoked is None:
                     raise NotFound(f"No key '{args.id}'.")
-                return key_json(key)
+                return key_json(revoked)
         if command == "usage":
             limit = operations.parse_limit(args.limit)
             records = await store.list_usage(wallet_id=args.wallet, key_id=args.key, limit=limit)

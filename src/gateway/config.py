@@ -46,7 +46,7 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     pass
 
 
-class ServerConfig(_Section):
+class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
@@ -60,7 +60,7 @@ class ServerConfig(_Section):
             raise ValueError("max_body_bytes must be at least 1024")
 
 
-class StorageConfig(_Section):
+class StorageConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "sqlite:///./gateway.db"
     #: Create or migrate the schema at start (`gateway migrate` does it on demand).
     migrate_on_start: bool = True
@@ -80,12 +80,12 @@ class StorageConfig(_Section):
             raise ValueError("reservation_lease_s must be at least 60")
 
 
-class AdminConfig(_Section):
+class AdminConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: The environment variable holding the admin bearer token; unset or empty: admin API closed.
     token_env: str = "GATEWAY_ADMIN_TOKEN"
 
 
-class RoutingConfig(_Section):
+class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Consecutive failures after which a backend is skipped for `cooldown_s`.
     failure_threshold: int = 3
     cooldown_s: float = 30.0
@@ -97,7 +97,7 @@ class RoutingConfig(_Section):
             raise ValueError("cooldown_s must not be negative")
 
 
-class MeteringConfig(_Section):
+class MeteringConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Completion tokens reserved up front when the client sets no max_tokens; a stream that
     #: goes past its reservation extends it from the wallet, and is cut off when it cannot.
     default_reserve_tokens: int = 4096
@@ -109,18 +109,18 @@ class MeteringConfig(_Section):
             raise ValueError("token counts must be at least 1")
 
 
-class RateLimitConfig(_Section):
+class RateLimitConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Redis URL for limits shared by several instances; empty: counted in this process.
     redis_url: str = ""
 
 
-class LoggingConfig(_Section):
+class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     #: "json" for machines, "console" for a human at a terminal.
     format: Literal["json", "console"] = "json"
 
 
-class BackendConfig(_Section, kw_only=True):
+class BackendConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     #: "openai": any server speaking the OpenAI HTTP API; "demo": a local demo supplier.
     kind: Literal["openai", "demo"] = "openai"
@@ -142,7 +142,7 @@ class BackendConfig(_Section, kw_only=True):
             raise ValueError("demo_delay_s must not be negative")
 
 
-class RouteConfig(_Section, kw_only=True):
+class RouteConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     model: str
     backend: str
     input_price: Number
@@ -187,7 +187,7 @@ class RouteConfig(_Section, kw_only=True):
         return parse_price(self.cached_input_price)
 
 
-class Config(_Section):
+class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)

@@ -137,8 +137,11 @@ class DemoBackend(Backend):
             else:
                 choice = {"index": 0, "text": word, "finish_reason": None}
             parts.append(_event({**base, "object": obj, "choices": [choice]}))
-        end = {"index": 0, "finish_reason": finish}
-        end.update({"delta": {}} if chat else {"text": ""})
+        end: dict[str, Any] = {"index": 0, "finish_reason": finish}
+        if chat:
+            end["delta"] = {}
+        else:
+            end["text"] = ""
         parts.append(_event({**base, "object": obj, "choices": [end]}))
         options = request.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):

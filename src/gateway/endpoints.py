@@ -17,7 +17,9 @@ def _require_list(field: str) -> Callable[[Mapping[str, Any]], None]:
     def check(body: Mapping[str, Any]) -> None:
         value = body.get(field)
         if not isinstance(value, list) or not value:
-            raise InvalidRequest(f"'{field}' is required and must be a non-empty array.", param=field)
+            raise InvalidRequest(
+                f"'{field}' is required and must be a non-empty array.", param=field
+            )
         if field == "messages":
             for i, message in enumerate(value):
                 if not isinstance(message, dict) or not isinstance(message.get("role"), str):

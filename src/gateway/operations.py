@@ -111,7 +111,8 @@ async def credit_wallet(
 async def transfer(store: Store, body: Mapping[str, Any]) -> tuple[Transfer, bool]:
     source = _text(body, "from_wallet", required=True, limit=_MAX_NAME)
     target = _text(body, "to_wallet", required=True, limit=_MAX_NAME)
-    assert source is not None and target is not None
+    assert source is not None
+    assert target is not None
     amount = _amount(body.get("amount"), "amount")
     key = _text(body, "idempotency_key", required=False, limit=_MAX_IDEMPOTENCY_KEY)
     memo = _text(body, "memo", required=False, limit=_MAX_MEMO)
@@ -121,7 +122,8 @@ async def transfer(store: Store, body: Mapping[str, Any]) -> tuple[Transfer, boo
 async def create_key(store: Store, body: Mapping[str, Any]) -> tuple[ApiKey, str]:
     wallet_id = _text(body, "wallet_id", required=True, limit=_MAX_NAME)
     name = _text(body, "name", required=True, limit=_MAX_NAME)
-    assert wallet_id is not None and name is not None
+    assert wallet_id is not None
+    assert name is not None
     models = body.get("models")
     if models is not None and (
         not isinstance(models, list)

@@ -280,7 +280,8 @@ class Relay:
                     endpoint.path, upstream_body, stream=plan.stream, headers=passed
                 )
             except UpstreamError as exc:
-                self._failed(route, exc, "timeout" if isinstance(exc, UpstreamTimeout) else "connect")
+                reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
+                self._failed(route, exc, reason)
                 last = exc
                 continue
             meter = Meter(

@@ -99,7 +99,7 @@ class Services:
                 log.warning("expired_reservations_released", count=released)
 
     async def stop(self) -> None:
-        await self.tasks.drain(timeout=self.config.server.graceful_shutdown_s)
+        await self.tasks.drain(within_s=self.config.server.graceful_shutdown_s)
         await self.tasks.cancel_all()
         if self._session is not None:
             await self._session.close()

@@ -13,7 +13,7 @@ import time
 
 import structlog
 
-from gateway.errors import GatewayError, StorageUnavailable
+from gateway.errors import StorageUnavailable
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.money import MICRO, ceil_div

@@ -30,10 +30,10 @@ class TaskGroup:
         if not task.cancelled() and task.exception() is not None:
             log.error("background_task_failed", task=task.get_name(), exc_info=task.exception())
 
-    async def drain(self, timeout: float = 10.0) -> None:
+    async def drain(self, within_s: float = 10.0) -> None:
         """Wait for running tasks (settlements in flight) before shutdown."""
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+            await asyncio.wait(list(self._tasks), timeout=within_s)
 
     async def cancel_all(self) -> None:
         for task in list(self._tasks):

@@ -13,7 +13,6 @@ concurrency (~100 requests/s at 64 in flight; encode/httpx#3215).
 from __future__ import annotations
 
 import abc
-import asyncio
 import os
 from collections.abc import AsyncIterator, Mapping
 
@@ -192,7 +191,7 @@ class HttpBackend(Backend):
             response = await self._session.post(
                 self._base + path, data=body, headers=out, timeout=self._timeout
             )
-        except (TimeoutError, asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"backend {self.name!r} timed out") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"backend {self.name!r} is unreachable") from exc

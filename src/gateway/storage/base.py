@@ -99,7 +99,7 @@ class UsageStatus(enum.StrEnum):
     OK = "ok"  # answered in full
     CUT_OFF = "cut_off"  # the gateway ended a stream the wallet could no longer pay for
     CLIENT_DISCONNECTED = "client_disconnected"
-    UPSTREAM_ERROR = "upstream_error"  # failed (possibly after part of a stream); nothing or part charged
+    UPSTREAM_ERROR = "upstream_error"  # failed; what was delivered (if anything) is charged
     ERROR = "error"  # failed inside the gateway
     ABANDONED = "abandoned"  # the instance died; the reservation was released by recovery
 
@@ -198,7 +198,9 @@ class Store(abc.ABC):
         ``None`` when the wallet cannot cover ``minimum`` (or does not exist)."""
 
     @abc.abstractmethod
-    async def extend(self, reservation: Reservation, *, minimum: int, maximum: int) -> Reservation | None:
+    async def extend(
+        self, reservation: Reservation, *, minimum: int, maximum: int
+    ) -> Reservation | None:
         """Grow a reservation by ``min(maximum, available)`` if that is at least ``minimum``;
         ``None`` when the wallet cannot."""
 
