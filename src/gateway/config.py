@@ -9,6 +9,7 @@ The tree is passed explicitly to whatever needs it; nothing keeps it in a module
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Literal
 
 import msgspec
 
-from gateway.money import AmountError, parse_amount, parse_price
+from gateway.money import AmountError, parse_price
 from gateway.tokens import SUPPORTED_ENCODINGS
 
 __all__ = [
@@ -46,18 +47,34 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=
     pass
 
 
+def _problem(key: str, message: str) -> ValueError:
+    """A value error naming its key; :func:`parse_config` moves the key into the path."""
+    return ValueError(f"{key}: {message}")
+
+
+def _check_seconds(
+    section: object, *names: str, minimum: float = 0.0, strict: bool = False
+) -> None:
+    for name in names:
+        value = getattr(section, name)
+        if not math.isfinite(value) or value < minimum or (strict and value <= minimum):
+            bound = f"greater than {minimum:g}" if strict else f"at least {minimum:g}"
+            raise _problem(name, f"must be a finite number of seconds {bound}, not {value!r}")
+
+
 class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
-    #: Extra seconds uvicorn waits for in-flight requests on shutdown.
+    #: Seconds in-flight requests may take to finish on shutdown.
     graceful_shutdown_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
-            raise ValueError("port must be between 0 and 65535")
+            raise _problem("port", f"must be between 0 and 65535, not {self.port}")
         if self.max_body_bytes < 1024:
-            raise ValueError("max_body_bytes must be at least 1024")
+            raise _problem("max_body_bytes", "must be at least 1024")
+        _check_seconds(self, "graceful_shutdown_s")
 
 
 class StorageConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -73,11 +90,10 @@ class StorageConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("sqlite:///", "postgresql://", "postgres://", "memory://")):
-            raise ValueError("url must start with sqlite:///, postgresql:// or memory://")
+            raise _problem("url", "must start with sqlite:///, postgresql:// or memory://")
         if self.pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
-        if self.reservation_lease_s < 60:
-            raise ValueError("reservation_lease_s must be at least 60")
+            raise _problem("pool_size", "must be at least 1")
+        _check_seconds(self, "reservation_lease_s", minimum=60)
 
 
 class AdminConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -92,9 +108,8 @@ class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     def __post_init__(self) -> None:
         if self.failure_threshold < 1:
-            raise ValueError("failure_threshold must be at least 1")
-        if self.cooldown_s < 0:
-            raise ValueError("cooldown_s must not be negative")
+            raise _problem("failure_threshold", "must be at least 1")
+        _check_seconds(self, "cooldown_s")
 
 
 class MeteringConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -105,13 +120,18 @@ class MeteringConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     extend_tokens: int = 1024
 
     def __post_init__(self) -> None:
-        if self.default_reserve_tokens < 1 or self.extend_tokens < 1:
-            raise ValueError("token counts must be at least 1")
+        for name in ("default_reserve_tokens", "extend_tokens"):
+            if not 1 <= getattr(self, name) <= 10_000_000:
+                raise _problem(name, "must be between 1 and 10000000")
 
 
 class RateLimitConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Redis URL for limits shared by several instances; empty: counted in this process.
     redis_url: str = ""
+
+    def __post_init__(self) -> None:
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise _problem("redis_url", "must start with redis://, rediss:// or unix://")
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -133,13 +153,11 @@ class BackendConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
-            raise ValueError(f"name {self.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
+            raise _problem("name", f"{self.name!r} must be 1-64 letters, digits, '.', '_' or '-'")
         if self.kind == "openai" and not self.base_url.startswith(("http://", "https://")):
-            raise ValueError("base_url must be an http:// or https:// URL")
-        if self.timeout_s <= 0 or self.connect_timeout_s <= 0:
-            raise ValueError("timeouts must be positive")
-        if self.demo_delay_s < 0:
-            raise ValueError("demo_delay_s must not be negative")
+            raise _problem("base_url", "must be an http:// or https:// URL")
+        _check_seconds(self, "timeout_s", "connect_timeout_s", strict=True)
+        _check_seconds(self, "demo_delay_s")
 
 
 class RouteConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -153,7 +171,7 @@ class RouteConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 
     def __post_init__(self) -> None:
         if not self.model or len(self.model) > 256:
-            raise ValueError("model must be a non-empty string of at most 256 characters")
+            raise _problem("model", "must be a non-empty string of at most 256 characters")
         for field in ("input_price", "output_price", "cached_input_price"):
             value = getattr(self, field)
             if value is None:
@@ -161,10 +179,11 @@ class RouteConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tru
             try:
                 parse_price(value)
             except AmountError as exc:
-                raise ValueError(f"{field} {value!r}: {exc}") from None
+                raise _problem(field, f"{value!r}: {exc}") from None
         if self.tokenizer is not None and self.tokenizer not in SUPPORTED_ENCODINGS:
-            raise ValueError(
-                f"tokenizer {self.tokenizer!r} is not one of {', '.join(SUPPORTED_ENCODINGS)}"
+            raise _problem(
+                "tokenizer",
+                f"{self.tokenizer!r} is not one of {', '.join(SUPPORTED_ENCODINGS)}",
             )
 
     @property
@@ -206,6 +225,7 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_KEYED = re.compile(r"^(?:Invalid value: )?(?P<key>[a-z_]+): (?P<problem>.*)$", re.S)
 _AT = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -233,13 +253,20 @@ def parse_config(text: str, *, source: str = "<config>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: invalid TOML: nested too deeply") from None
     try:
         config = msgspec.convert(raw, type=Config)
     except msgspec.ValidationError as exc:
         match = _AT.match(str(exc))
         assert match is not None  # the pattern matches any text
-        path = (match["path"] or "").lstrip(".") or "(top level)"
-        raise ConfigError(f"{source}: {path}: {_friendly(match['msg'])}") from None
+        path = (match["path"] or "").lstrip(".")
+        message = _friendly(match["msg"])
+        keyed = _KEYED.match(message)
+        if keyed:  # a validator named its key: make it part of the path
+            path = f"{path}.{keyed['key']}" if path else keyed["key"]
+            message = keyed["problem"]
+        raise ConfigError(f"{source}: {path or '(top level)'}: {message}") from None
     problem = _check_references(config)
     if problem is not None:
         raise ConfigError(f"{source}: {problem[0]}: {problem[1]}")
@@ -265,11 +292,3 @@ def load_config(path: str | Path) -> Config:
     except UnicodeDecodeError:
         raise ConfigError(f"{file}: config is not UTF-8 text") from None
     return parse_config(text, source=str(file))
-
-
-def amount_or_error(value: object, key: str) -> int:
-    """Parse an amount from a config or CLI value, naming ``key`` on error."""
-    try:
-        return parse_amount(value)
-    except AmountError as exc:
-        raise ConfigError(f"{key}: {exc}") from None

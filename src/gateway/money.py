@@ -9,7 +9,7 @@ per 1M tokens (exact integers too).
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, localcontext
 
 __all__ = [
     "MICRO",
@@ -23,6 +23,9 @@ __all__ = [
 MICRO = 1_000_000
 _DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 _MAX_MICRO = 10**18  # well inside int64 for PostgreSQL BIGINT
+_MAX_CREDITS = Decimal(_MAX_MICRO) / MICRO
+_MAX_WHOLE_DIGITS = 13  # 10**18 micro-credits has 13 digits of whole credits
+_EXACT = Context(prec=64)  # holds every digit an accepted amount can have
 
 
 class AmountError(ValueError):
@@ -42,6 +45,11 @@ def _to_decimal(value: object) -> Decimal:
         text = value.strip()
         if not _DECIMAL.match(text):
             raise AmountError(f"{value!r} is not a decimal number like \"12.5\"")
+        whole, _, fraction = text.partition(".")
+        if len(whole.lstrip("0")) > _MAX_WHOLE_DIGITS:
+            raise AmountError("is too large")
+        if len(fraction.rstrip("0")) > 6:
+            raise AmountError("has more than 6 decimal places (the unit is 1e-6 credit)")
         try:
             return Decimal(text)
         except InvalidOperation as exc:  # pragma: no cover - the regex already guards
@@ -54,9 +62,12 @@ def parse_amount(value: object, *, allow_zero: bool = False) -> int:
     dec = _to_decimal(value)
     if dec < 0:
         raise AmountError("must not be negative")
-    micro = dec * MICRO
-    if micro != micro.to_integral_value():
-        raise AmountError("has more than 6 decimal places (the unit is 1e-6 credit)")
+    if dec > _MAX_CREDITS:
+        raise AmountError("is too large")
+    with localcontext(_EXACT):
+        micro = dec.scaleb(6)  # exact: the context holds every digit an amount may have
+        if micro != micro.to_integral_value():
+            raise AmountError("has more than 6 decimal places (the unit is 1e-6 credit)")
     result = int(micro)
     if result > _MAX_MICRO:
         raise AmountError("is too large")

@@ -37,6 +37,10 @@ class Prices:
         total += completion * self.output
         return ceil_div(total, MICRO)
 
+    def exact_cost(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """The cost before rounding, in millionths of a micro-credit (for ordering routes)."""
+        return max(0, prompt_tokens) * self.input + max(0, completion_tokens) * self.output
+
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
         return self.cost(TokenUsage(prompt_tokens, completion_tokens))
 
@@ -46,9 +50,9 @@ class Prices:
     def affordable_completion(self, budget: int, prompt_tokens: int) -> int:
         """The most completion tokens a budget (micro-credits) pays for after the prompt,
         so that ``cost(prompt, that many) <= budget``."""
-        if self.output == 0:
-            return 1 << 62
         remaining = budget * MICRO - max(0, prompt_tokens) * self.input
         if remaining < 0:
             return 0
+        if self.output == 0:
+            return 1 << 62
         return remaining // self.output

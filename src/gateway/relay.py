@@ -187,10 +187,7 @@ class Relay:
         per_choice = plan.bound or self._config.metering.default_reserve_tokens
         want = per_choice * plan.choices if endpoint.generates else 0
         least = plan.choices if endpoint.generates else 0
-        ranked = sorted(
-            routes,
-            key=lambda r: (r.prices.cost_of(prompt[r.encoding], want), r.order),
-        )
+        ranked = sorted(routes, key=lambda r: (r.estimate(prompt[r.encoding], want), r.order))
         maximum = max(r.prices.cost_of(prompt[r.encoding], want) for r in ranked)
         minimum = min(r.prices.cost_of(prompt[r.encoding], least) for r in ranked)
         if remaining_spend is not None:

@@ -23,7 +23,8 @@ class Route:
     order: int  # position in the config: ties in price keep config order
 
     def estimate(self, prompt_tokens: int, completion_tokens: int) -> int:
-        return self.prices.cost_of(prompt_tokens, completion_tokens)
+        """What a request of this size would cost here, before rounding (for ordering)."""
+        return self.prices.exact_cost(prompt_tokens, completion_tokens)
 
 
 class Router:

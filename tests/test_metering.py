@@ -1,0 +1,431 @@
+"""Measuring what a request consumed (gateway.metering.Meter) from OpenAI wire shapes
+(gateway.wire)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway import wire
+from gateway.metering import Meter
+from gateway.pricing import Prices, TokenUsage
+from gateway.tokens import TokenCounter
+
+COUNTER = TokenCounter("o200k_base")
+PRICES = Prices(input=1_000_000, output=2_000_000, cached_input=500_000)  # 1 / 2 / 0.5 per token
+
+
+def _meter(prompt_tokens: int = 10, completion_cap: int | None = None) -> Meter:
+    return Meter(COUNTER, PRICES, prompt_tokens=prompt_tokens, completion_cap=completion_cap)
+
+
+def _chunk(**fields: Any) -> wire.Chunk:
+    body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    body.update(fields)
+    return wire.decode_chunk(json.dumps(body).encode())
+
+
+def _delta_chunk(content: str | None = None, index: int = 0, **delta: Any) -> wire.Chunk:
+    if content is not None:
+        delta["content"] = content
+    return _chunk(choices=[{"index": index, "delta": delta, "finish_reason": None}])
+
+
+def _answer(content: str = "", usage: dict[str, Any] | None = None, **extra: Any) -> wire.Answer:
+    body: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    body.update(extra)
+    return wire.decode_answer(json.dumps(body).encode())
+
+
+def _feed(meter: Meter, chunk: wire.Chunk) -> int:
+    added = meter.peek(chunk)
+    meter.observe_chunk(chunk, added)
+    return added
+
+
+# -- reported usage ------------------------------------------------------------------------------
+def test_reported_usage_is_authoritative() -> None:
+    meter = _meter(prompt_tokens=10)
+    meter.observe_answer(
+        _answer(
+            "a long answer whose own count does not matter at all",
+            usage={
+                "prompt_tokens": 7,
+                "completion_tokens": 5,
+                "total_tokens": 12,
+                "prompt_tokens_details": {"cached_tokens": 3},
+            },
+        )
+    )
+    assert meter.usage() == TokenUsage(prompt_tokens=7, completion_tokens=5, cached_tokens=3)
+    assert meter.cost(meter.usage()) == 16  # 4 * 1 + 3 * 0.5 + 5 * 2 = 15.5, rounded up
+
+
+def test_reported_usage_in_a_stream_is_authoritative() -> None:
+    meter = _meter(prompt_tokens=10)
+    _feed(meter, _delta_chunk("Hello there, friend."))
+    _feed(meter, _chunk(choices=[], usage={"prompt_tokens": 12, "completion_tokens": 40}))
+    assert meter.usage() == TokenUsage(12, 40, 0)
+
+
+def test_no_report_falls_back_to_counting() -> None:
+    meter = _meter(prompt_tokens=10)
+    meter.observe_answer(_answer("The quick brown fox jumps over the lazy dog."))
+    expected = COUNTER.count_text("The quick brown fox jumps over the lazy dog.")
+    assert meter.usage() == TokenUsage(10, expected, 0)
+
+
+@pytest.mark.parametrize(
+    ("usage", "expected"),
+    [
+        ({"prompt_tokens": -1, "completion_tokens": 5}, (10, 5)),
+        ({"prompt_tokens": 7, "completion_tokens": -3}, (7, "counted")),
+        ({"completion_tokens": 5}, (10, 5)),
+        ({"prompt_tokens": 7}, (7, "counted")),
+        ({}, (10, "counted")),
+        ({"prompt_tokens": None, "completion_tokens": None}, (10, "counted")),
+        ({"prompt_tokens": 2**41, "completion_tokens": 2**41}, (10, "counted")),
+        ({"prompt_tokens": 0, "completion_tokens": 0}, (0, 0)),  # zero is a sane report
+    ],
+)
+def test_negative_missing_or_absurd_fields_fall_back_to_counting(
+    usage: dict[str, Any], expected: tuple[int, int | str]
+) -> None:
+    text = "Counting words, one token at a time."
+    meter = _meter(prompt_tokens=10)
+    meter.observe_answer(_answer(text, usage=usage))
+    prompt, completion = expected
+    if completion == "counted":
+        completion = COUNTER.count_text(text)
+    assert meter.usage() == TokenUsage(prompt, completion, 0)
+
+
+def test_completion_above_the_cap_is_capped() -> None:
+    meter = _meter(completion_cap=50)
+    meter.observe_answer(_answer("x", usage={"prompt_tokens": 10, "completion_tokens": 1000}))
+    assert meter.usage().completion_tokens == 50
+
+
+def test_counted_completion_is_capped_too() -> None:
+    text = "word " * 200
+    meter = _meter(completion_cap=20)
+    meter.observe_answer(_answer(text))
+    assert COUNTER.count_text(text) > 20
+    assert meter.usage().completion_tokens == 20
+    assert meter.delivered_usage().completion_tokens == 20
+
+
+def test_completion_below_the_cap_is_kept() -> None:
+    meter = _meter(completion_cap=50)
+    meter.observe_answer(_answer("x", usage={"prompt_tokens": 10, "completion_tokens": 49}))
+    assert meter.usage().completion_tokens == 49
+
+
+@pytest.mark.parametrize(
+    ("usage", "cached"),
+    [
+        (
+            {
+                "prompt_tokens": 5,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": 9},
+            },
+            5,
+        ),
+        (
+            {
+                "prompt_tokens": 5,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": 5},
+            },
+            5,
+        ),
+        (
+            {
+                "prompt_tokens": 5,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": -2},
+            },
+            0,
+        ),
+        (
+            {
+                "prompt_tokens": 5,
+                "completion_tokens": 1,
+                "prompt_tokens_details": {"cached_tokens": None},
+            },
+            0,
+        ),
+        ({"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": None}, 0),
+        # no prompt report: clamped to the estimate
+        ({"completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 99}}, 10),
+    ],
+)
+def test_cached_tokens_are_clamped_to_the_prompt(usage: dict[str, Any], cached: int) -> None:
+    meter = _meter(prompt_tokens=10)
+    meter.observe_answer(_answer("x", usage=usage))
+    result = meter.usage()
+    assert result.cached_tokens == cached
+    assert result.cached_tokens <= result.prompt_tokens
+
+
+# -- streams -------------------------------------------------------------------------------------
+def test_peek_does_not_record() -> None:
+    meter = _meter()
+    chunk = _chunk(
+        choices=[{"index": 0, "delta": {"content": "Hello, world!"}}],
+        usage={"prompt_tokens": 3, "completion_tokens": 4},
+    )
+    added = meter.peek(chunk)
+    assert added == COUNTER.count_text("Hello, world!")
+    assert meter.peek(chunk) == added  # asking twice changes nothing
+    assert meter.running_completion == 0
+    assert meter.counted_completion() == 0
+    assert meter.reported is None
+    assert meter.usage() == TokenUsage(10, 0, 0)
+
+
+def test_observe_chunk_records_what_peek_said() -> None:
+    meter = _meter()
+    first = _feed(meter, _delta_chunk("Hello"))
+    second = _feed(meter, _delta_chunk(", world!"))
+    assert meter.running_completion == first + second
+    assert meter.counted_completion() == COUNTER.count_text("Hello, world!")
+    assert meter.cost_with() == PRICES.cost_of(10, first + second)
+    assert meter.cost_with(5) == PRICES.cost_of(10, first + second + 5)
+
+
+def test_choices_are_counted_separately_n_greater_than_one() -> None:
+    parts = {
+        0: ["The answer", " is forty", "-two."],
+        1: ["Forty", "two", ", I think"],
+        2: [""],
+    }
+    meter = _meter()
+    for step in range(3):
+        for index, texts in parts.items():
+            if step < len(texts):
+                _feed(meter, _delta_chunk(texts[step], index=index))
+    expected = sum(COUNTER.count_text("".join(texts)) for texts in parts.values())
+    assert meter.counted_completion() == expected
+    assert meter.usage().completion_tokens == expected
+
+
+def test_choices_in_one_chunk_go_to_their_index() -> None:
+    meter = _meter()
+    _feed(
+        meter,
+        _chunk(
+            choices=[
+                {"index": 1, "delta": {"content": "b"}},
+                {"index": 0, "delta": {"content": "a"}},
+            ]
+        ),
+    )
+    _feed(meter, _chunk(choices=[{"index": 0, "delta": {"content": "aa"}}]))
+    assert meter.counted_completion() == COUNTER.count_text("aaa") + COUNTER.count_text("b")
+
+
+def test_tool_call_names_and_arguments_are_counted() -> None:
+    name, args_1, args_2 = "get_weather", '{"city": "Pa', 'ris", "unit": "celsius"}'
+    chunks = [
+        _chunk(
+            choices=[
+                {
+                    "index": 0,
+                    "delta": {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": name, "arguments": ""},
+                            }
+                        ],
+                    },
+                }
+            ]
+        ),
+        _chunk(
+            choices=[
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args_1}}]},
+                }
+            ]
+        ),
+        _chunk(
+            choices=[
+                {
+                    "index": 0,
+                    "delta": {"tool_calls": [{"index": 0, "function": {"arguments": args_2}}]},
+                }
+            ]
+        ),
+    ]
+    meter = _meter()
+    added = [_feed(meter, chunk) for chunk in chunks]
+    assert added == [
+        COUNTER.count_text(name),
+        COUNTER.count_text(args_1),
+        COUNTER.count_text(args_2),
+    ]
+    assert meter.counted_completion() == COUNTER.count_text(name + args_1 + args_2)
+    assert meter.counted_completion() > 0
+
+
+def test_legacy_function_call_is_counted() -> None:
+    meter = _meter()
+    _feed(meter, _delta_chunk(function_call={"name": "lookup", "arguments": '{"q": "x"}'}))
+    assert meter.counted_completion() == COUNTER.count_text('lookup{"q": "x"}')
+
+
+def test_reasoning_and_refusal_are_completion_text() -> None:
+    meter = _meter()
+    _feed(meter, _delta_chunk(reasoning_content="Let me think."))
+    _feed(meter, _delta_chunk(refusal="I can't help with that."))
+    assert meter.counted_completion() == COUNTER.count_text("Let me think.I can't help with that.")
+
+
+def test_legacy_completions_text_is_counted() -> None:
+    meter = _meter()
+    _feed(meter, _chunk(choices=[{"index": 0, "text": "Once upon", "logprobs": None}]))
+    _feed(meter, _chunk(choices=[{"index": 0, "text": " a time"}]))
+    assert meter.counted_completion() == COUNTER.count_text("Once upon a time")
+
+
+def test_chunks_without_text_add_nothing() -> None:
+    meter = _meter()
+    for chunk in [
+        _chunk(choices=[{"index": 0, "delta": {"role": "assistant"}}]),
+        _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]),
+        _chunk(choices=[]),
+        _chunk(choices=None),
+        _chunk(),
+    ]:
+        assert _feed(meter, chunk) == 0
+    assert meter.counted_completion() == 0
+    assert meter.running_completion == 0
+
+
+def test_delivered_usage_is_the_estimate_and_the_count() -> None:
+    meter = _meter(prompt_tokens=42)
+    _feed(meter, _delta_chunk("Partial answer"))
+    _feed(
+        meter,
+        _chunk(
+            choices=[],
+            usage={
+                "prompt_tokens": 40,
+                "completion_tokens": 3,
+                "prompt_tokens_details": {"cached_tokens": 8},
+            },
+        ),
+    )
+    assert meter.delivered_usage() == TokenUsage(42, COUNTER.count_text("Partial answer"), 0)
+
+
+def test_answer_with_several_choices_counts_each() -> None:
+    body = {
+        "choices": [
+            {"index": 0, "message": {"content": "yes"}},
+            {"index": 1, "message": {"content": "no"}},
+        ]
+    }
+    meter = _meter()
+    meter.observe_answer(wire.decode_answer(json.dumps(body).encode()))
+    assert meter.counted_completion() == COUNTER.count_text("yes") + COUNTER.count_text("no")
+
+
+# -- wire ----------------------------------------------------------------------------------------
+def test_decode_chunk_tolerates_unknown_fields() -> None:
+    data = {
+        "id": "chatcmpl-x",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "gpt-4o-mini",
+        "system_fingerprint": "fp_1",
+        "service_tier": "default",
+        "x_vendor": {"nested": [1, 2, {"deep": True}]},
+        "choices": [
+            {
+                "index": 0,
+                "delta": {
+                    "role": "assistant",
+                    "content": "hi",
+                    "audio": None,
+                    "x": 1,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{}", "strict": True},
+                        }
+                    ],
+                },
+                "logprobs": {"content": []},
+                "finish_reason": None,
+                "stop_reason": None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 1,
+            "total_tokens": 4,
+            "completion_tokens_details": {"reasoning_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": 2, "audio_tokens": 0},
+            "prompt_cache_hit_tokens": 2,
+        },
+    }
+    chunk = wire.decode_chunk(json.dumps(data).encode())
+    assert chunk.choices is not None
+    delta = chunk.choices[0].delta
+    assert delta is not None
+    assert delta.content == "hi"
+    assert wire.message_texts(delta) == ["hi", "f", "{}"]
+    assert chunk.usage is not None
+    assert chunk.usage.prompt_tokens == 3
+    assert chunk.usage.prompt_tokens_details is not None
+    assert chunk.usage.prompt_tokens_details.cached_tokens == 2
+
+
+def test_decode_chunk_keeps_an_error_event() -> None:
+    chunk = wire.decode_chunk(b'{"error": {"message": "overloaded", "type": "server_error"}}')
+    assert chunk.error == {"message": "overloaded", "type": "server_error"}
+    assert chunk.choices is None
+
+
+def test_decode_answer_tolerates_unknown_fields_and_embeddings() -> None:
+    answer = wire.decode_answer(
+        b'{"object": "list", "data": [{"object": "embedding", "embedding": [0.1], "index": 0}],'
+        b' "model": "e", "usage": {"prompt_tokens": 5, "total_tokens": 5}}'
+    )
+    assert answer.choices is None
+    assert answer.usage is not None
+    assert answer.usage.prompt_tokens == 5
+    assert answer.usage.completion_tokens is None
+
+
+@pytest.mark.parametrize("data", [b"", b"not json", b"[]", b'{"choices": 5}', b"null"])
+def test_decode_chunk_refuses_what_is_not_a_chunk(data: bytes) -> None:
+    with pytest.raises(msgspec.DecodeError):
+        wire.decode_chunk(data)
+    assert issubclass(msgspec.DecodeError, ValueError)
