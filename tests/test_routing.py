@@ -127,7 +127,9 @@ def test_route_carries_what_the_relay_needs() -> None:
         75_000,
     )
     assert route.encoding == "cl100k_base"
-    assert route.estimate(1000, 500) == 150 + 300
+    assert route.prices.cost_of(1000, 500) == 150 + 300
+    # ordering uses the unrounded total (micro-credits x 1e6), so tiny requests still rank
+    assert route.estimate(1000, 500) == (150 + 300) * 1_000_000
     [plain] = router.routes("n")
     assert plain.upstream_model == "n"
     assert plain.prices.cached_input == plain.prices.input  # no cached price: the input price
