@@ -1,0 +1,835 @@
+"""The SQLite engine: one file, one connection, WAL.
+
+All work runs on the aiosqlite connection's single worker thread, one callable per operation
+(:func:`_call_in_worker`), never as a series of awaits:
+
+- a read is one callable;
+- a write is one callable that runs from ``BEGIN IMMEDIATE`` to ``COMMIT`` inside the worker,
+  so two coroutines' transactions cannot interleave (the worker runs one callable at a time,
+  which is stronger than an ``asyncio.Lock`` and costs nothing), and a coroutine cancelled while
+  it waits cannot leave a transaction open: its write still runs to the end, all or nothing;
+- writes that queue up while the worker is busy are committed together (group commit), each in
+  its own savepoint so that one refused write (``InsufficientQuota``...) rolls back alone. With
+  ``synchronous=FULL`` that is one fsync for many requests;
+- other processes on the same file are serialised by ``BEGIN IMMEDIATE`` and ``busy_timeout``.
+
+sqlite3 errors that mean the database cannot be used (full, read-only, I/O, locked, corrupt)
+become :class:`~gateway.errors.StorageUnavailable` at one boundary (:func:`_storage_errors`),
+after the transaction was rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import secrets
+import sqlite3
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import aiosqlite
+
+from gateway.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound, StorageUnavailable
+from gateway.money import format_micro
+from gateway.storage.base import (
+    ApiKey,
+    LedgerEntry,
+    Reservation,
+    Store,
+    Transfer,
+    Usage,
+    UsageStatus,
+    Wallet,
+)
+
+__all__ = ["MIGRATIONS", "SQLiteStore"]
+
+T = TypeVar("T")
+Row = tuple[Any, ...]
+
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+_MAX_BATCH = 64  # writes per group commit
+# sqlite3 errors that mean a bug, not an unavailable database: they are not StorageUnavailable
+_BUGS = (
+    sqlite3.IntegrityError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    sqlite3.NotSupportedError,
+)
+_MIN_SQLITE = (3, 35, 0)  # RETURNING
+
+# Ordered schema steps: ``PRAGMA user_version`` is the number of steps applied. Append new steps;
+# never edit a released one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE wallets (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
+            reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= balance),
+            created_at REAL NOT NULL
+        )""",
+        """CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY,
+            wallet_id TEXT NOT NULL REFERENCES wallets (id),
+            kind TEXT NOT NULL CHECK (kind IN ('credit', 'charge', 'transfer')),
+            amount INTEGER NOT NULL,
+            balance_after INTEGER NOT NULL,
+            request_id TEXT,
+            idempotency_key TEXT,
+            memo TEXT,
+            ref TEXT,
+            created_at REAL NOT NULL
+        )""",
+        """CREATE UNIQUE INDEX ledger_idempotency ON ledger (wallet_id, kind, idempotency_key)
+            WHERE idempotency_key IS NOT NULL""",
+        "CREATE INDEX ledger_wallet ON ledger (wallet_id, id)",
+        """CREATE TABLE reservations (
+            id TEXT PRIMARY KEY,
+            wallet_id TEXT NOT NULL REFERENCES wallets (id),
+            key_id TEXT,
+            request_id TEXT NOT NULL,
+            amount INTEGER NOT NULL CHECK (amount >= 0),
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX reservations_expires ON reservations (expires_at)",
+        # seq orders usage newest-first stably (timestamps tie and clocks step); no foreign key:
+        # usage is an append-only log written on the hot path.
+        """CREATE TABLE usage (
+            seq INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL UNIQUE,
+            key_id TEXT,
+            wallet_id TEXT NOT NULL,
+            model TEXT NOT NULL,
+            backend TEXT,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER NOT NULL DEFAULT 0,
+            cost INTEGER NOT NULL DEFAULT 0,
+            shortfall INTEGER NOT NULL DEFAULT 0,
+            status TEXT NOT NULL,
+            stream INTEGER NOT NULL DEFAULT 0,
+            latency_ms INTEGER NOT NULL DEFAULT 0,
+            endpoint TEXT NOT NULL,
+            extra TEXT,
+            created_at REAL NOT NULL
+        )""",
+        "CREATE INDEX usage_wallet ON usage (wallet_id, seq)",
+        "CREATE INDEX usage_key ON usage (key_id, seq)",
+        """CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            wallet_id TEXT NOT NULL REFERENCES wallets (id),
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            prefix TEXT NOT NULL,
+            models TEXT,
+            rpm INTEGER,
+            tpm INTEGER,
+            spend_limit INTEGER,
+            spent INTEGER NOT NULL DEFAULT 0,
+            expires_at REAL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        )""",
+        "CREATE INDEX keys_wallet ON keys (wallet_id)",
+        """CREATE TABLE transfers (
+            id TEXT PRIMARY KEY,
+            from_wallet TEXT NOT NULL REFERENCES wallets (id),
+            to_wallet TEXT NOT NULL REFERENCES wallets (id),
+            amount INTEGER NOT NULL CHECK (amount > 0),
+            idempotency_key TEXT UNIQUE,
+            created_at REAL NOT NULL
+        )""",
+    ),
+)
+
+_WALLET = "id, name, balance, reserved, created_at"
+_ENTRY = (
+    "id, wallet_id, kind, amount, balance_after, created_at, request_id, idempotency_key, memo, ref"
+)
+_KEY = (
+    "id, wallet_id, name, key_hash, prefix, created_at, models, rpm, tpm, spend_limit, spent, "
+    "expires_at, revoked_at"
+)
+_USAGE = (
+    "request_id, key_id, wallet_id, model, backend, prompt_tokens, completion_tokens, status, "
+    "created_at, cached_tokens, cost, shortfall, stream, latency_ms, endpoint, extra"
+)
+_TRANSFER = "id, from_wallet, to_wallet, amount, created_at, idempotency_key"
+# A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
+_UPSERT_USAGE = (
+    f"INSERT INTO usage ({_USAGE}) VALUES ({', '.join('?' * 16)}) "
+    "ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _USAGE.split(", ")[1:])
+    + " WHERE usage.status = 'abandoned' RETURNING seq"
+)
+
+
+class SQLiteStore(Store):
+    """``path`` is a file name, ``:memory:``, or a ``file:`` URI (e.g. ``file:a.db?mode=ro``)."""
+
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", busy_timeout_s: float = 5.0):
+        if synchronous.upper() not in _SYNCHRONOUS:
+            raise ValueError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, not {synchronous!r}"
+            )
+        if busy_timeout_s < 0:
+            raise ValueError("busy_timeout_s must not be negative")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.busy_timeout_s = busy_timeout_s
+        self._db: aiosqlite.Connection | None = None
+        self._pending: deque[_Op] = deque()  # writes for the worker's next drain
+        self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self, *, migrate: bool = True) -> None:
+        if self._db is not None:
+            return
+        if sqlite3.sqlite_version_info < _MIN_SQLITE:
+            raise StorageUnavailable(
+                f"SQLite {sqlite3.sqlite_version} is too old: need 3.35 or later"
+            )
+        target, uri = self.path, self.path.startswith("file:")
+        if not migrate and not uri and self.path != ":memory:":
+            target, uri = self._existing_uri, True  # never create a file
+        with _storage_errors(f"cannot open SQLite database {self.path!r}"):
+            # Probe first: when aiosqlite's connect fails it stops its worker thread without
+            # waiting for it, and the thread may then die on a closed event loop.
+            await asyncio.to_thread(lambda: sqlite3.connect(target, uri=uri).close())
+            db = await aiosqlite.connect(target, uri=uri, isolation_level=None)
+        try:
+            with _storage_errors(f"cannot open SQLite database {self.path!r}"):
+                await _call_in_worker(db, partial(self._setup, migrate=migrate))
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+
+    def _setup(self, conn: sqlite3.Connection, *, migrate: bool) -> None:
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StorageUnavailable(
+                f"the database {self.path!r} has schema version {version}, newer than this "
+                f"gateway knows ({len(MIGRATIONS)}): upgrade the gateway"
+            )
+        if version < len(MIGRATIONS) and not migrate:
+            raise StorageUnavailable(
+                f"the database {self.path!r} has schema version {version}, this gateway needs "
+                f"{len(MIGRATIONS)}: open it once with migrations enabled"
+            )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        if version < len(MIGRATIONS):
+            _in_transaction(_migrate, conn)
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            with _storage_errors("cannot close the SQLite database"):
+                await db.close()
+            self._pending.clear()
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchall())
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        db = self._db
+        if db is None:
+            raise StorageUnavailable("storage is not open")
+        with _storage_errors("storage unavailable"):
+            return await _call_in_worker(db, fn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` as one transaction; return once it is committed.
+
+        Group commit: the write joins the queue, and the drain this call sends to the worker
+        runs every write queued by then, each in its own savepoint, under one ``COMMIT``. By
+        the time this call's drain has run, an earlier drain or this one has run the write.
+        """
+        db = self._db
+        if db is None:
+            raise StorageUnavailable("storage is not open")
+        op = _Op(fn)
+        self._pending.append(op)
+        with _storage_errors("storage unavailable"):
+            try:
+                await _call_in_worker(db, self._drain)
+            except asyncio.CancelledError:
+                raise  # the drain was queued before the first await: the write runs, whole
+            except BaseException:
+                op.dropped = True  # the drain was never queued: the write must never run
+                raise
+            if not op.done:
+                raise RuntimeError("a queued storage write did not run")
+            if op.error is not None:
+                raise op.error
+        return cast(T, op.result)
+
+    def _drain(self, conn: sqlite3.Connection) -> None:
+        """In the worker: run the writes queued so far, in batches of one transaction each."""
+        count = len(self._pending)  # later ones come with drains of their own
+        while count:
+            batch: list[_Op] = []
+            while count and len(batch) < _MAX_BATCH:
+                op = self._pending.popleft()
+                count -= 1
+                if not op.dropped:
+                    batch.append(op)
+            if batch:
+                _run_batch(conn, batch)
+
+    # -- wallets and money -----------------------------------------------------------------
+    async def create_wallet(self, name: str, balance: int = 0) -> Wallet:
+        if balance < 0:
+            raise InvalidRequest("an opening balance must not be negative", param="balance")
+        wallet_id, now = "w_" + secrets.token_hex(8), time.time()
+
+        def tx(conn: sqlite3.Connection) -> Wallet:
+            row = _one(
+                conn,
+                f"INSERT INTO wallets ({_WALLET}) VALUES (?, ?, ?, 0, ?) RETURNING {_WALLET}",
+                (wallet_id, name, balance, now),
+            )
+            if balance > 0:
+                _add_entry(conn, wallet_id, "credit", balance, balance, memo="opening balance")
+            return Wallet(*row)
+
+        return await self._write(tx)
+
+    async def get_wallet(self, wallet_id: str) -> Wallet | None:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {_WALLET} FROM wallets WHERE id = ?", (wallet_id,)
+            ).fetchall()
+        )
+        return Wallet(*rows[0]) if rows else None
+
+    async def list_wallets(self) -> list[Wallet]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {_WALLET} FROM wallets ORDER BY created_at, id"
+            ).fetchall()
+        )
+        return [Wallet(*row) for row in rows]
+
+    async def credit(
+        self,
+        wallet_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        memo: str | None = None,
+    ) -> tuple[Wallet, bool]:
+        if amount <= 0:
+            raise InvalidRequest("a credit must be greater than zero", param="amount")
+
+        def tx(conn: sqlite3.Connection) -> tuple[Wallet, bool]:
+            if idempotency_key is not None:
+                seen = conn.execute(
+                    "SELECT 1 FROM ledger "
+                    "WHERE wallet_id = ? AND kind = 'credit' AND idempotency_key = ?",
+                    (wallet_id, idempotency_key),
+                ).fetchall()
+                if seen:
+                    return Wallet(
+                        *_one(conn, f"SELECT {_WALLET} FROM wallets WHERE id = ?", (wallet_id,))
+                    ), False
+            rows = conn.execute(
+                f"UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING {_WALLET}",
+                (amount, wallet_id),
+            ).fetchall()
+            if not rows:
+                raise NotFound(f"no wallet {wallet_id!r}", param="wallet_id")
+            wallet = Wallet(*rows[0])
+            _add_entry(
+                conn, wallet_id, "credit", amount, wallet.balance, key=idempotency_key, memo=memo
+            )
+            return wallet, True
+
+        return await self._write(tx)
+
+    async def transfer(
+        self,
+        from_wallet: str,
+        to_wallet: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        memo: str | None = None,
+    ) -> tuple[Transfer, bool]:
+        if amount <= 0:
+            raise InvalidRequest("a transfer must be greater than zero", param="amount")
+        if from_wallet == to_wallet:
+            raise InvalidRequest("a wallet cannot transfer to itself", param="to_wallet")
+        transfer = Transfer(
+            id="tr_" + secrets.token_hex(8),
+            from_wallet=from_wallet,
+            to_wallet=to_wallet,
+            amount=amount,
+            created_at=time.time(),
+            idempotency_key=idempotency_key,
+        )
+
+        def tx(conn: sqlite3.Connection) -> tuple[Transfer, bool]:
+            if idempotency_key is not None:
+                seen = conn.execute(
+                    f"SELECT {_TRANSFER} FROM transfers WHERE idempotency_key = ?",
+                    (idempotency_key,),
+                ).fetchall()
+                if seen:
+                    return Transfer(*seen[0]), False
+            found = dict(
+                conn.execute(
+                    "SELECT id, balance - reserved FROM wallets WHERE id IN (?, ?)",
+                    (from_wallet, to_wallet),
+                ).fetchall()
+            )
+            for wallet_id, param in ((from_wallet, "from_wallet"), (to_wallet, "to_wallet")):
+                if wallet_id not in found:
+                    raise NotFound(f"no wallet {wallet_id!r}", param=param)
+            debited = conn.execute(
+                "UPDATE wallets SET balance = balance - ? WHERE id = ? AND balance - reserved >= ? "
+                "RETURNING balance",
+                (amount, from_wallet, amount),
+            ).fetchall()
+            if not debited:
+                raise _cannot_pay(from_wallet, amount, found[from_wallet])
+            credited = _one(
+                conn,
+                "UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING balance",
+                (amount, to_wallet),
+            )
+            conn.execute(
+                f"INSERT INTO transfers ({_TRANSFER}) VALUES (?, ?, ?, ?, ?, ?)",
+                dataclasses.astuple(transfer),
+            )
+            for wallet_id, signed, after in (
+                (from_wallet, -amount, debited[0][0]),
+                (to_wallet, amount, credited[0]),
+            ):
+                _add_entry(
+                    conn, wallet_id, "transfer", signed, after,
+                    key=idempotency_key, memo=memo, ref=transfer.id,
+                )  # fmt: skip
+            return transfer, True
+
+        return await self._write(tx)
+
+    async def ledger(self, wallet_id: str, limit: int = 100) -> list[LedgerEntry]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {_ENTRY} FROM ledger WHERE wallet_id = ? ORDER BY id DESC LIMIT ?",
+                (wallet_id, max(0, limit)),
+            ).fetchall()
+        )
+        return [LedgerEntry(*row) for row in rows]
+
+    # -- reservations ----------------------------------------------------------------------
+    async def reserve(
+        self,
+        *,
+        wallet_id: str,
+        key_id: str | None,
+        request_id: str,
+        minimum: int,
+        maximum: int,
+        lease_s: float,
+    ) -> Reservation | None:
+        _check_bounds(minimum, maximum)
+        rid, now = "r_" + secrets.token_hex(8), time.time()
+        expires = now + lease_s
+
+        def tx(conn: sqlite3.Connection) -> int | None:
+            # The amount is taken from the wallet row as it was before the update, which a
+            # RETURNING clause on the UPDATE cannot see; the write lock held since BEGIN
+            # IMMEDIATE keeps the two statements atomic, and the UPDATE stays conditional.
+            rows = conn.execute(
+                "INSERT INTO reservations "
+                "(id, wallet_id, key_id, request_id, amount, created_at, expires_at) "
+                "SELECT ?, id, ?, ?, MIN(?, balance - reserved), ?, ? FROM wallets "
+                "WHERE id = ? AND balance - reserved >= ? RETURNING amount",
+                (rid, key_id, request_id, maximum, now, expires, wallet_id, minimum),
+            ).fetchall()
+            if not rows:
+                return None
+            amount: int = rows[0][0]
+            _hold(conn, wallet_id, amount)
+            return amount
+
+        amount = await self._write(tx)
+        if amount is None:
+            return None
+        return Reservation(rid, wallet_id, key_id, request_id, amount, now, expires)
+
+    async def extend(
+        self, reservation: Reservation, *, minimum: int, maximum: int
+    ) -> Reservation | None:
+        """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
+        _check_bounds(minimum, maximum)
+        expires = time.time() + (reservation.expires_at - reservation.created_at)
+
+        def tx(conn: sqlite3.Connection) -> Row | None:
+            avail = conn.execute(
+                "SELECT balance - reserved FROM wallets WHERE id = ?", (reservation.wallet_id,)
+            ).fetchall()
+            if not avail or min(maximum, avail[0][0]) < minimum:
+                return None
+            amount = min(maximum, avail[0][0])
+            rows = conn.execute(
+                "UPDATE reservations SET amount = amount + ?, expires_at = MAX(expires_at, ?) "
+                "WHERE id = ? RETURNING amount, expires_at",
+                (amount, expires, reservation.id),
+            ).fetchall()
+            if not rows:  # released meanwhile
+                return None
+            _hold(conn, reservation.wallet_id, amount)
+            return cast(Row, rows[0])
+
+        row = await self._write(tx)
+        if row is None:
+            return None
+        return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
+
+    async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
+        _check_settle(reservation, usage, cost)
+        params = _usage_params(usage)
+
+        def tx(conn: sqlite3.Connection) -> Usage:
+            held = conn.execute(
+                "DELETE FROM reservations WHERE id = ? RETURNING amount, wallet_id",
+                (reservation.id,),
+            ).fetchall()
+            if not held:  # released by recovery: record what happened, charge nothing
+                written = dataclasses.replace(usage, cost=0, shortfall=cost)
+                if conn.execute(_UPSERT_USAGE, _usage_params(written)).fetchall():
+                    return written
+                # settled before: settling is idempotent
+                return _usage(
+                    _one(
+                        conn,
+                        f"SELECT {_USAGE} FROM usage WHERE request_id = ?",
+                        (usage.request_id,),
+                    )
+                )
+            amount, wallet_id = held[0]
+            balance, reserved = _one(
+                conn, "SELECT balance, reserved FROM wallets WHERE id = ?", (wallet_id,)
+            )
+            charge = max(0, min(cost, balance - (reserved - amount)))
+            conn.execute(
+                "UPDATE wallets SET balance = balance - ?, reserved = reserved - ? WHERE id = ?",
+                (charge, amount, wallet_id),
+            )
+            if charge:
+                _add_entry(
+                    conn,
+                    wallet_id,
+                    "charge",
+                    -charge,
+                    balance - charge,
+                    request_id=usage.request_id,
+                )
+                if usage.key_id is not None:
+                    conn.execute(
+                        "UPDATE keys SET spent = spent + ? WHERE id = ?", (charge, usage.key_id)
+                    )
+            params[10], params[11] = charge, cost - charge
+            if not conn.execute(_UPSERT_USAGE, params).fetchall():
+                raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
+            return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
+
+        return await self._write(tx)
+
+    async def release_expired(self, now: float, *, all_: bool = False) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            returning = " RETURNING wallet_id, key_id, request_id, amount"
+            if all_:
+                released = conn.execute("DELETE FROM reservations" + returning).fetchall()
+            else:
+                released = conn.execute(
+                    "DELETE FROM reservations WHERE expires_at < ?" + returning, (now,)
+                ).fetchall()
+            conn.executemany(
+                "UPDATE wallets SET reserved = reserved - ? WHERE id = ?",
+                [(amount, wallet_id) for wallet_id, _, _, amount in released],
+            )
+            stamp = time.time()
+            conn.executemany(
+                f"INSERT INTO usage ({_USAGE}) VALUES ({', '.join('?' * 16)}) "
+                "ON CONFLICT (request_id) DO NOTHING",
+                [
+                    _usage_params(_abandoned(request_id, key_id, wallet_id, stamp))
+                    for wallet_id, key_id, request_id, _ in released
+                ],
+            )
+            return len(released)
+
+        return await self._write(tx)
+
+    # -- usage -----------------------------------------------------------------------------
+    async def list_usage(
+        self, *, wallet_id: str | None = None, key_id: str | None = None, limit: int = 100
+    ) -> list[Usage]:
+        where, args = [], []
+        if wallet_id is not None:
+            where.append("wallet_id = ?")
+            args.append(wallet_id)
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        sql = f"SELECT {_USAGE} FROM usage"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        rows = await self._read(lambda conn: conn.execute(sql, (*args, max(0, limit))).fetchall())
+        return [_usage(row) for row in rows]
+
+    # -- keys ------------------------------------------------------------------------------
+    async def create_key(self, key: ApiKey) -> ApiKey:
+        params = (
+            key.id, key.wallet_id, key.name, key.key_hash, key.prefix, key.created_at,
+            None if key.models is None else json.dumps(list(key.models)),
+            key.rpm, key.tpm, key.spend_limit, key.spent, key.expires_at, key.revoked_at,
+        )  # fmt: skip
+
+        def tx(conn: sqlite3.Connection) -> ApiKey:
+            if not conn.execute("SELECT 1 FROM wallets WHERE id = ?", (key.wallet_id,)).fetchall():
+                raise NotFound(f"no wallet {key.wallet_id!r}", param="wallet_id")
+            try:
+                row = _one(
+                    conn,
+                    f"INSERT INTO keys ({_KEY}) VALUES ({', '.join('?' * 13)}) RETURNING {_KEY}",
+                    params,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict("a key with this id or secret already exists") from exc
+            return _key(row)
+
+        return await self._write(tx)
+
+    async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        return await self._get_key("key_hash", key_hash)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        return await self._get_key("id", key_id)
+
+    async def _get_key(self, column: str, value: str) -> ApiKey | None:
+        sql = f"SELECT {_KEY} FROM keys WHERE {column} = ?"
+        rows = await self._read(lambda conn: conn.execute(sql, (value,)).fetchall())
+        return _key(rows[0]) if rows else None
+
+    async def list_keys(self, *, wallet_id: str | None = None) -> list[ApiKey]:
+        where = "" if wallet_id is None else "WHERE wallet_id = ?"
+        args = () if wallet_id is None else (wallet_id,)
+        sql = f"SELECT {_KEY} FROM keys {where} ORDER BY created_at, id"
+        rows = await self._read(lambda conn: conn.execute(sql, args).fetchall())
+        return [_key(row) for row in rows]
+
+    async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
+        def tx(conn: sqlite3.Connection) -> ApiKey | None:
+            rows = conn.execute(
+                "UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) "
+                f"WHERE id = ? RETURNING {_KEY}",
+                (now, key_id),
+            ).fetchall()
+            return _key(rows[0]) if rows else None
+
+        return await self._write(tx)
+
+
+# -- the boundary to aiosqlite and sqlite3 ---------------------------------------------------
+
+
+async def _call_in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """Run ``fn(sqlite3_connection)`` on the connection's worker thread: one hop, whole.
+
+    PRIVATE API of aiosqlite (checked with 0.20 to 0.22): ``Connection._execute`` queues a
+    callable on the thread that owns the sqlite3 connection and awaits its result, and
+    ``Connection._conn`` is that sqlite3 connection. aiosqlite has no public way to run a
+    callable there; this function is the only place that relies on its internals.
+    """
+    raw = db._conn
+    return cast(T, await db._execute(fn, raw))  # type: ignore[no-untyped-call]
+
+
+@contextlib.contextmanager
+def _storage_errors(context: str) -> Iterator[None]:
+    """sqlite3 errors that mean "cannot read or write now" (disk full, read-only, I/O, locked,
+    corrupt) become ``StorageUnavailable``. Integrity and programming errors are bugs and pass."""
+    try:
+        yield
+    except _BUGS:
+        raise
+    except sqlite3.Error as exc:
+        raise StorageUnavailable(f"{context}: {exc}") from exc
+
+
+class _Op:
+    """A write waiting for the worker: its callable, then its outcome."""
+
+    __slots__ = ("done", "dropped", "error", "fn", "result")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.done = False
+        self.dropped = False
+
+
+def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    """Run ``ops`` in one transaction, each in a savepoint: an op that raises is rolled back
+    alone. If the transaction itself fails (BEGIN, COMMIT, or an error after which SQLite rolled
+    everything back, like a full disk), every op fails with that error and nothing is written."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for op in ops:
+            conn.execute("SAVEPOINT op")
+            try:
+                op.result = op.fn(conn)
+            except Exception as exc:
+                op.error = exc
+                if not conn.in_transaction:
+                    raise
+                conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        for op in ops:
+            if op.error is None:
+                op.error, op.result = exc, None
+    finally:
+        for op in ops:
+            op.done = True
+
+
+def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    """Run ``fn`` between ``BEGIN IMMEDIATE`` and ``COMMIT``; roll back on any exception."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]  # again, under the write lock
+    for step in MIGRATIONS[version:]:
+        for statement in step:
+            conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Row:
+    rows = conn.execute(sql, params).fetchall()
+    if len(rows) != 1:
+        raise RuntimeError(f"expected one row, got {len(rows)}: {sql}")
+    return cast(Row, rows[0])
+
+
+def _add_entry(
+    conn: sqlite3.Connection,
+    wallet_id: str,
+    kind: str,
+    amount: int,
+    balance_after: int,
+    *,
+    request_id: str | None = None,
+    key: str | None = None,
+    memo: str | None = None,
+    ref: str | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO ledger (wallet_id, kind, amount, balance_after, request_id, "
+        "idempotency_key, memo, ref, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (wallet_id, kind, amount, balance_after, request_id, key, memo, ref, time.time()),
+    )
+
+
+def _hold(conn: sqlite3.Connection, wallet_id: str, amount: int) -> None:
+    cur = conn.execute(
+        "UPDATE wallets SET reserved = reserved + ? WHERE id = ? AND balance - reserved >= ?",
+        (amount, wallet_id, amount),
+    )
+    if cur.rowcount != 1:  # impossible under the write lock; roll back rather than overdraw
+        raise RuntimeError(f"wallet {wallet_id!r} changed inside a transaction")
+
+
+def _key(row: Row) -> ApiKey:
+    models = None if row[6] is None else tuple(json.loads(row[6]))
+    r = row
+    return ApiKey(r[0], r[1], r[2], r[3], r[4], r[5], models, r[7], r[8], r[9], r[10], r[11], r[12])
+
+
+def _usage_params(usage: Usage) -> list[Any]:
+    return [
+        usage.request_id, usage.key_id, usage.wallet_id, usage.model, usage.backend,
+        usage.prompt_tokens, usage.completion_tokens, str(usage.status), usage.created_at,
+        usage.cached_tokens, usage.cost, usage.shortfall, int(usage.stream), usage.latency_ms,
+        usage.endpoint, json.dumps(usage.extra) if usage.extra else None,
+    ]  # fmt: skip
+
+
+def _usage(row: Row) -> Usage:
+    extra = json.loads(row[15]) if row[15] else {}
+    r = row
+    return Usage(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+        bool(r[12]), r[13], r[14], extra,
+    )  # fmt: skip
+
+
+def _abandoned(request_id: str, key_id: str | None, wallet_id: str, now: float) -> Usage:
+    return Usage(
+        request_id=request_id,
+        key_id=key_id,
+        wallet_id=wallet_id,
+        model="unknown",
+        backend=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        status=UsageStatus.ABANDONED.value,
+        created_at=now,
+    )
+
+
+def _check_bounds(minimum: int, maximum: int) -> None:
+    if minimum < 0 or maximum < minimum:
+        raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
+
+
+def _check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
+    if cost < 0:
+        raise ValueError(f"cost must not be negative, got {cost}")
+    if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
+        raise ValueError(
+            "the usage record does not belong to this reservation (request_id or wallet_id)"
+        )
+
+
+def _cannot_pay(wallet_id: str, amount: int, available: int) -> InsufficientQuota:
+    return InsufficientQuota(
+        f"wallet {wallet_id!r} cannot pay {format_micro(amount)} credits "
+        f"(available: {format_micro(available)})"
+    )

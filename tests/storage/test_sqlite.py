@@ -1,0 +1,303 @@
+"""What only the SQLite engine does: a file that outlives the process, schema versions, and
+sqlite3's failures (read-only, full) turned into ``StorageUnavailable`` with nothing half-written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import NotFound, StorageUnavailable
+from gateway.storage import sqlite as sqlite_engine
+from gateway.storage.base import Store, Usage, UsageStatus
+from gateway.storage.sqlite import MIGRATIONS, SQLiteStore, _call_in_worker
+
+Invariants = Callable[[Store], Awaitable[None]]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "gateway.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    sqlite = SQLiteStore(str(db_path))
+    await sqlite.open()
+    try:
+        yield sqlite
+    finally:
+        await sqlite.close()
+
+
+def _user_version(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _touch(path: Path) -> None:
+    path.touch()
+
+
+def _size(path: Path) -> int | None:
+    return path.stat().st_size if path.exists() else None
+
+
+def _set_user_version(path: Path, version: int) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute(f"PRAGMA user_version = {version}")
+    finally:
+        conn.close()
+
+
+def _usage(request_id: str, wallet_id: str, *, padding: int = 0) -> Usage:
+    return Usage(
+        request_id=request_id,
+        key_id=None,
+        wallet_id=wallet_id,
+        model="gpt-test",
+        backend="a",
+        prompt_tokens=1,
+        completion_tokens=1,
+        status=UsageStatus.OK,
+        created_at=time.time(),
+        extra={"padding": "x" * padding} if padding else {},
+    )
+
+
+def test_bad_settings_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="synchronous"):
+        SQLiteStore("x.db", synchronous="SOMETIMES")
+    with pytest.raises(ValueError, match="busy_timeout"):
+        SQLiteStore("x.db", busy_timeout_s=-1)
+
+
+async def test_data_survives_close_and_reopen(
+    store: SQLiteStore, db_path: Path, invariants: Invariants
+) -> None:
+    wallet = await store.create_wallet("kept", 1_000)
+    r = await store.reserve(
+        wallet_id=wallet.id, key_id=None, request_id="req-1", minimum=1, maximum=100, lease_s=60
+    )
+    assert r is not None
+    await store.settle(r, _usage("req-1", wallet.id), 40)
+    await store.close()
+
+    again = SQLiteStore(str(db_path), synchronous="full")
+    await again.open(migrate=False)
+    try:
+        assert await again.get_wallet(wallet.id) == (await again.list_wallets())[0]
+        current = await again.get_wallet(wallet.id)
+        assert current is not None
+        assert (current.balance, current.reserved) == (960, 0)
+        assert [e.amount for e in await again.ledger(wallet.id)] == [-40, 1_000]
+        assert [u.request_id for u in await again.list_usage()] == ["req-1"]
+        await invariants(again)
+    finally:
+        await again.close()
+
+
+async def test_schema_version_is_recorded(store: SQLiteStore, db_path: Path) -> None:
+    assert _user_version(db_path) == len(MIGRATIONS)
+
+
+async def test_open_without_migrating_an_empty_file_fails_clearly(db_path: Path) -> None:
+    _touch(db_path)
+    store = SQLiteStore(str(db_path))
+    with pytest.raises(StorageUnavailable, match=r"schema version 0, this gateway needs \d+"):
+        await store.open(migrate=False)
+    with pytest.raises(StorageUnavailable, match="not open"):
+        await store.ping()
+    assert _size(db_path) == 0  # nothing was written
+
+
+async def test_open_without_migrating_a_missing_file_creates_nothing(db_path: Path) -> None:
+    store = SQLiteStore(str(db_path))
+    with pytest.raises(StorageUnavailable, match="cannot open"):
+        await store.open(migrate=False)
+    assert _size(db_path) is None
+
+
+async def test_a_newer_schema_is_refused(store: SQLiteStore, db_path: Path) -> None:
+    await store.close()
+    _set_user_version(db_path, len(MIGRATIONS) + 1)
+    newer = SQLiteStore(str(db_path))
+    with pytest.raises(StorageUnavailable, match="newer than this gateway"):
+        await newer.open()
+
+
+async def test_migrate_brings_an_old_file_up_to_date(db_path: Path) -> None:
+    sqlite3.connect(db_path).close()
+    store = SQLiteStore(str(db_path))
+    await store.open()  # migrate=True is the default
+    try:
+        await store.create_wallet("w")
+    finally:
+        await store.close()
+    assert _user_version(db_path) == len(MIGRATIONS)
+
+
+async def test_read_only_database_refuses_writes_but_reads(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    wallet = await store.create_wallet("w", 1_000)
+    await store.close()
+
+    # mode=ro makes SQLite itself refuse writes (chmod does not stop root)
+    readonly = SQLiteStore(f"file:{db_path}?mode=ro")
+    await readonly.open(migrate=False)
+    try:
+        assert await readonly.get_wallet(wallet.id) == wallet
+        await readonly.ping()
+        with pytest.raises(StorageUnavailable, match="readonly"):
+            await readonly.credit(wallet.id, 10)
+        with pytest.raises(StorageUnavailable, match="readonly"):
+            await readonly.reserve(
+                wallet_id=wallet.id, key_id=None, request_id="r", minimum=1, maximum=1, lease_s=1
+            )
+        assert await readonly.get_wallet(wallet.id) == wallet
+        assert len(await readonly.ledger(wallet.id)) == 1
+    finally:
+        await readonly.close()
+    # migrate=True is fine too while the schema is current: it writes nothing
+    readonly = SQLiteStore(f"file:{db_path}?mode=ro")
+    await readonly.open()
+    await readonly.close()
+
+
+async def test_a_full_disk_rolls_back_whole_transactions(
+    store: SQLiteStore, invariants: Invariants
+) -> None:
+    wallet = await store.create_wallet("w", 10**12)
+    # Private access, test only: cap the file at its current size, as a full disk would.
+    assert store._db is not None
+    await _call_in_worker(
+        store._db,
+        lambda conn: conn.execute(
+            f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0] + 2}"
+        ),
+    )
+    error: StorageUnavailable | None = None
+    for i in range(1_000):
+        r = await store.reserve(
+            wallet_id=wallet.id, key_id=None, request_id=f"q{i}", minimum=1, maximum=10, lease_s=60
+        )
+        assert r is not None
+        held = await store.get_wallet(wallet.id)
+        entries = await store.ledger(wallet.id, limit=100_000)
+        try:  # the ledger entry fits, the large usage record does not: all must roll back
+            await store.settle(r, _usage(f"q{i}", wallet.id, padding=3_000), 7)
+        except StorageUnavailable as exc:
+            error = exc
+            break
+    assert error is not None, "the database never filled up"
+    assert "full" in str(error)
+    assert await store.get_wallet(wallet.id) == held  # the hold is still there, no charge
+    assert await store.ledger(wallet.id, limit=100_000) == entries
+    assert [u.request_id for u in await store.list_usage(limit=100_000)] == [
+        f"q{n}" for n in reversed(range(i))
+    ]
+    await store.ping()  # still serves reads
+    await invariants(store)
+
+
+async def test_queued_writes_commit_together_and_fail_alone(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    run_batch = sqlite_engine._run_batch
+
+    def spy(conn: sqlite3.Connection, ops: list[sqlite_engine._Op]) -> None:
+        sizes.append(len(ops))
+        run_batch(conn, ops)
+
+    monkeypatch.setattr(sqlite_engine, "_run_batch", spy)
+    wallet = await store.create_wallet("w")
+    targets = [wallet.id if i % 3 else "w_missing" for i in range(30)]
+    assert store._db is not None  # private, test only: keep the worker busy while writes queue
+    busy = asyncio.ensure_future(_call_in_worker(store._db, lambda conn: time.sleep(0.05)))
+    results = await asyncio.gather(
+        *(store.credit(target, 10) for target in targets), return_exceptions=True
+    )
+    await busy
+    assert sizes[-1] == 30  # one transaction for all, one savepoint each
+    assert [isinstance(r, NotFound) for r in results] == [t == "w_missing" for t in targets]
+    current = await store.get_wallet(wallet.id)
+    assert current is not None
+    assert current.balance == 10 * targets.count(wallet.id)
+    assert len(await store.ledger(wallet.id)) == targets.count(wallet.id)
+
+
+async def test_a_locked_database_is_unavailable_until_released(db_path: Path) -> None:
+    store = SQLiteStore(str(db_path), busy_timeout_s=0.05)
+    await store.open()
+    try:
+        wallet = await store.create_wallet("w")
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            with pytest.raises(StorageUnavailable, match="locked"):
+                await store.credit(wallet.id, 5)
+            assert await store.get_wallet(wallet.id) == wallet  # reads go on (WAL)
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        credited, _ = await store.credit(wallet.id, 5)
+        assert credited.balance == 5
+    finally:
+        await store.close()
+
+
+async def test_two_stores_on_one_file_never_overdraw(
+    store: SQLiteStore, db_path: Path, invariants: Invariants
+) -> None:
+    wallet = await store.create_wallet("shared", 5_000)
+    second = SQLiteStore(str(db_path))  # another connection and thread, like another process
+    await second.open()
+    try:
+
+        async def one(instance: SQLiteStore, n: int) -> int:
+            r = await instance.reserve(
+                wallet_id=wallet.id, key_id=None, request_id=f"q{n}", minimum=50, maximum=100,
+                lease_s=60,
+            )  # fmt: skip
+            if r is None:
+                return 0
+            return (await instance.settle(r, _usage(f"q{n}", wallet.id), 80)).cost
+
+        costs = await asyncio.gather(*(one((store, second)[n % 2], n) for n in range(200)))
+        current = await second.get_wallet(wallet.id)
+        assert current is not None
+        assert (current.balance, current.reserved) == (5_000 - sum(costs), 0)
+        assert current.balance >= 0
+        await invariants(second)
+    finally:
+        await second.close()
+
+
+async def test_listings_read_indexes_in_order(store: SQLiteStore) -> None:
+    """Usage and ledger listings stay fast with millions of rows: no full scan, no sort."""
+    wallet = await store.create_wallet("w", 100)
+    statements: list[str] = []
+    assert store._db is not None  # private, test only: record the SQL the store runs
+    await _call_in_worker(store._db, lambda conn: conn.set_trace_callback(statements.append))
+    await store.list_usage(wallet_id=wallet.id, limit=10)
+    await store.list_usage(key_id="k_1", limit=10)
+    await store.list_usage(wallet_id=wallet.id, key_id="k_1", limit=10)
+    await store.list_usage(limit=10)
+    await store.ledger(wallet.id, limit=10)
+    await _call_in_worker(store._db, lambda conn: conn.set_trace_callback(None))
+    assert len(statements) == 5
+    for sql in statements:
+        plan = await _call_in_worker(
+            store._db, lambda conn, sql=sql: conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+        )
+        details = " | ".join(row[-1] for row in plan)
+        assert "TEMP B-TREE" not in details, (sql, details)
+        assert "USING INDEX" in details or details == "SCAN usage", (sql, details)
