@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -214,8 +215,15 @@ def _serve(args: argparse.Namespace, config: Config, path: str) -> int:
         return 0
     from gateway.app import create_app
 
+    # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal for the previous
+    # handler: make that a clean exit (status 0), as service managers expect.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(create_app(config), **options)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def app_from_env() -> Any:

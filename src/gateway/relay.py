@@ -139,12 +139,30 @@ class Relay:
         self._metrics = metrics
         self._tasks = tasks
         self._counters: dict[str, TokenCounter] = {}
+        #: Reserved and not yet settled, per key with a spend limit (this process).
+        self._key_reserved: dict[str, int] = {}
 
     def counter(self, encoding: str) -> TokenCounter:
         counter = self._counters.get(encoding)
         if counter is None:
             counter = self._counters[encoding] = TokenCounter(encoding)
         return counter
+
+    async def _remaining_spend(self, key: ApiKey, limit: int) -> int:
+        """What a key with a spend limit may still spend: its recorded spend is read fresh
+        (the key cache may be a second old), and this process's requests in flight count."""
+        fresh = await self._store.get_key(key.id)
+        spent = fresh.spent if fresh is not None else key.spent
+        return limit - spent - self._key_reserved.get(key.id, 0)
+
+    def _forget_reservation(self, key_id: str, amount: int) -> None:
+        left = self._key_reserved.get(key_id)
+        if left is None:
+            return
+        if left - amount <= 0:
+            del self._key_reserved[key_id]
+        else:
+            self._key_reserved[key_id] = left - amount
 
     def models_for(self, key: ApiKey) -> list[str]:
         allowed = set(key.models) if key.models is not None else None
@@ -173,7 +191,7 @@ class Relay:
             )
         remaining_spend: int | None = None
         if key.spend_limit is not None:
-            remaining_spend = key.spend_limit - key.spent
+            remaining_spend = await self._remaining_spend(key, key.spend_limit)
             if remaining_spend <= 0:
                 raise PermissionDenied(
                     "This key has reached its spend limit.", code="spend_limit_reached"
@@ -210,7 +228,10 @@ class Relay:
             raise InsufficientQuota(
                 "You exceeded your current quota: the wallet cannot pay for this request.",
             )
+        if key.spend_limit is not None:
+            self._key_reserved[key.id] = self._key_reserved.get(key.id, 0) + reservation.amount
         settlement = Settlement(
+            on_done=self._forget_reservation,
             store=self._store,
             tasks=self._tasks,
             metrics=self._metrics,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import time
@@ -52,6 +53,7 @@ class Services:
         self._session: aiohttp.ClientSession | None = None
         self._lock_file: int | None = None
         self.relay: Relay | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._lock_embedded_storage()
@@ -83,11 +85,9 @@ class Services:
             metrics=self.metrics,
             tasks=self.tasks,
         )
-        self.tasks.spawn(self._sweep(), name="reservation-sweeper")
+        self._sweeper = self.tasks.spawn(self._sweep(), name="reservation-sweeper")
 
     async def _sweep(self) -> None:
-        import asyncio
-
         while True:
             await asyncio.sleep(_SWEEP_S)
             try:
@@ -99,6 +99,8 @@ class Services:
                 log.warning("expired_reservations_released", count=released)
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         await self.tasks.drain(within_s=self.config.server.graceful_shutdown_s)
         await self.tasks.cancel_all()
         if self._session is not None:

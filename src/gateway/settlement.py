@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
@@ -32,6 +33,7 @@ class Settlement:
     def __init__(
         self,
         *,
+        on_done: Callable[[str, int], None],
         store: Store,
         tasks: TaskGroup,
         metrics: Metrics,
@@ -43,6 +45,8 @@ class Settlement:
         stream: bool,
         extend_step: int,
     ) -> None:
+        self._on_done = on_done
+        self._initial = reservation.amount
         self._store = store
         self._tasks = tasks
         self._metrics = metrics
@@ -153,6 +157,7 @@ class Settlement:
                         await asyncio.sleep(0.05 * (attempt + 1))
         finally:
             self._metrics.in_flight.dec()
+            self._on_done(self._key.id, self._initial)
         self._observe(written or record, cost)
         return written
 

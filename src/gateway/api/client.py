@@ -9,7 +9,13 @@ from litestar.background_tasks import BackgroundTask
 from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
-from gateway.api.common import json_body, json_response, request_id
+from gateway.api.common import (
+    ClientGone,
+    json_body,
+    json_response,
+    request_id,
+    unless_client_leaves,
+)
 from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 from gateway.errors import ModelNotFound, NotFound
 from gateway.relay import Answer, Relay
@@ -28,9 +34,14 @@ def client_handlers(services: Services) -> list[HTTPRouteHandler]:
     async def metered(endpoint: Endpoint, request: Request[Any, Any, Any]) -> Response[Any]:
         key = await services.keys.authenticate(request.headers.get("authorization"))
         body = await json_body(request)
-        answer = await relay().handle(
-            endpoint, key, body, request.headers, request_id(request)
-        )
+        work = relay().handle(endpoint, key, body, request.headers, request_id(request))
+        if body.get("stream") is True:
+            answer = await work  # a stream notices the disconnect itself, chunk by chunk
+        else:
+            try:
+                answer = await unless_client_leaves(request, work)
+            except ClientGone:
+                return Response(b"", status_code=499)  # nobody is listening
         if isinstance(answer, Answer):
             return Response(answer.body, status_code=answer.status, headers=answer.headers)
         # The stream settles itself however it ends; this is the net for a stream that

@@ -1,15 +1,31 @@
-"""Helpers shared by the handlers: JSON bodies, JSON answers, the request id."""
+"""Helpers shared by the handlers: JSON bodies, JSON answers, the request id, and noticing a
+client that went away while its answer was being prepared."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
 
 from gateway.errors import InvalidRequest
 
-__all__ = ["REQUEST_ID", "json_body", "json_response", "request_id"]
+__all__ = [
+    "REQUEST_ID",
+    "ClientGone",
+    "json_body",
+    "json_response",
+    "request_id",
+    "unless_client_leaves",
+]
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was ready."""
 
 #: Where the request-id middleware leaves the id in the ASGI scope.
 REQUEST_ID = "gateway.request_id"
@@ -37,3 +53,31 @@ def json_response(content: Any, status: int = 200) -> Response[bytes]:
     return Response(
         msgspec.json.encode(content), status_code=status, media_type="application/json"
     )
+
+
+async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it at once if the client disconnects meanwhile (so a
+    non-streamed upstream request is closed, not waited for). Call after the body was read:
+    the only message left to receive then is the disconnect."""
+    current = asyncio.current_task()
+    assert current is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                current.cancel()
+                return
+
+    watcher = asyncio.create_task(watch(), name="disconnect-watch")
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and current.uncancel() == 0:
+            raise ClientGone from None
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,1 @@
+"""End-to-end tests: the real gateway process, driven over HTTP with the openai SDK and httpx."""
