@@ -1,5 +1,5 @@
-"""Measuring what a request consumed (gateway.metering.Meter) from OpenAI wire shapes
-(gateway.wire)."""
+"""Measuring what a request consumed (gateway.metering.Meter) from OpenAI wire shapes, as the
+relay reads them through the OpenAI dialect (gateway.dialects, gateway.wire)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import msgspec
 import pytest
 
 from gateway import wire
+from gateway.dialects import Action, OpenAIDialect, Step
 from gateway.metering import Meter
 from gateway.pricing import Prices, TokenUsage
+from gateway.sse import Event
 from gateway.tokens import TokenCounter
 
 COUNTER = TokenCounter("o200k_base")
@@ -22,19 +24,24 @@ def _meter(prompt_tokens: int = 10, completion_cap: int | None = None) -> Meter:
     return Meter(COUNTER, PRICES, prompt_tokens=prompt_tokens, completion_cap=completion_cap)
 
 
-def _chunk(**fields: Any) -> wire.Chunk:
+DIALECT = OpenAIDialect("/chat/completions")
+
+
+def _chunk(**fields: Any) -> Step:
+    """One streamed chunk, read as the relay reads it."""
     body = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     body.update(fields)
-    return wire.decode_chunk(json.dumps(body).encode())
+    data = json.dumps(body).encode()
+    return DIALECT.read_event(Event(raw=b"data: " + data + b"\n\n", data=data, event=None))
 
 
-def _delta_chunk(content: str | None = None, index: int = 0, **delta: Any) -> wire.Chunk:
+def _delta_chunk(content: str | None = None, index: int = 0, **delta: Any) -> Step:
     if content is not None:
         delta["content"] = content
     return _chunk(choices=[{"index": index, "delta": delta, "finish_reason": None}])
 
 
-def _answer(content: str = "", usage: dict[str, Any] | None = None, **extra: Any) -> wire.Answer:
+def _answer(content: str = "", usage: dict[str, Any] | None = None, **extra: Any) -> bytes:
     body: dict[str, Any] = {
         "id": "chatcmpl-1",
         "object": "chat.completion",
@@ -49,19 +56,29 @@ def _answer(content: str = "", usage: dict[str, Any] | None = None, **extra: Any
     if usage is not None:
         body["usage"] = usage
     body.update(extra)
-    return wire.decode_answer(json.dumps(body).encode())
+    return json.dumps(body).encode()
 
 
-def _feed(meter: Meter, chunk: wire.Chunk) -> int:
-    added = meter.peek(chunk)
-    meter.observe_chunk(chunk, added)
+def _observe_answer(meter: Meter, answer: bytes) -> None:
+    """What the relay does with a complete answer."""
+    meter.reported, texts = DIALECT.read_answer(answer)
+    meter.record(texts, 0)
+
+
+def _feed(meter: Meter, step: Step) -> int:
+    """What the relay does with a streamed chunk it passes on."""
+    added = meter.peek(step.texts)
+    meter.record(step.texts, added)
+    if step.usage is not None:
+        meter.reported = step.usage
+    assert step.action in (Action.CONTENT, Action.USAGE)
     return added
 
 
 # -- reported usage ------------------------------------------------------------------------------
 def test_reported_usage_is_authoritative() -> None:
     meter = _meter(prompt_tokens=10)
-    meter.observe_answer(
+    _observe_answer(meter,
         _answer(
             "a long answer whose own count does not matter at all",
             usage={
@@ -85,7 +102,7 @@ def test_reported_usage_in_a_stream_is_authoritative() -> None:
 
 def test_no_report_falls_back_to_counting() -> None:
     meter = _meter(prompt_tokens=10)
-    meter.observe_answer(_answer("The quick brown fox jumps over the lazy dog."))
+    _observe_answer(meter, _answer("The quick brown fox jumps over the lazy dog."))
     expected = COUNTER.count_text("The quick brown fox jumps over the lazy dog.")
     assert meter.usage() == TokenUsage(10, expected, 0)
 
@@ -108,7 +125,7 @@ def test_negative_missing_or_absurd_fields_fall_back_to_counting(
 ) -> None:
     text = "Counting words, one token at a time."
     meter = _meter(prompt_tokens=10)
-    meter.observe_answer(_answer(text, usage=usage))
+    _observe_answer(meter, _answer(text, usage=usage))
     prompt, completion = expected
     if completion == "counted":
         completion = COUNTER.count_text(text)
@@ -117,22 +134,21 @@ def test_negative_missing_or_absurd_fields_fall_back_to_counting(
 
 def test_completion_above_the_cap_is_capped() -> None:
     meter = _meter(completion_cap=50)
-    meter.observe_answer(_answer("x", usage={"prompt_tokens": 10, "completion_tokens": 1000}))
+    _observe_answer(meter, _answer("x", usage={"prompt_tokens": 10, "completion_tokens": 1000}))
     assert meter.usage().completion_tokens == 50
 
 
 def test_counted_completion_is_capped_too() -> None:
     text = "word " * 200
     meter = _meter(completion_cap=20)
-    meter.observe_answer(_answer(text))
+    _observe_answer(meter, _answer(text))
     assert COUNTER.count_text(text) > 20
     assert meter.usage().completion_tokens == 20
-    assert meter.delivered_usage().completion_tokens == 20
 
 
 def test_completion_below_the_cap_is_kept() -> None:
     meter = _meter(completion_cap=50)
-    meter.observe_answer(_answer("x", usage={"prompt_tokens": 10, "completion_tokens": 49}))
+    _observe_answer(meter, _answer("x", usage={"prompt_tokens": 10, "completion_tokens": 49}))
     assert meter.usage().completion_tokens == 49
 
 
@@ -178,7 +194,7 @@ def test_completion_below_the_cap_is_kept() -> None:
 )
 def test_cached_tokens_are_clamped_to_the_prompt(usage: dict[str, Any], cached: int) -> None:
     meter = _meter(prompt_tokens=10)
-    meter.observe_answer(_answer("x", usage=usage))
+    _observe_answer(meter, _answer("x", usage=usage))
     result = meter.usage()
     assert result.cached_tokens == cached
     assert result.cached_tokens <= result.prompt_tokens
@@ -191,9 +207,9 @@ def test_peek_does_not_record() -> None:
         choices=[{"index": 0, "delta": {"content": "Hello, world!"}}],
         usage={"prompt_tokens": 3, "completion_tokens": 4},
     )
-    added = meter.peek(chunk)
+    added = meter.peek(chunk.texts)
     assert added == COUNTER.count_text("Hello, world!")
-    assert meter.peek(chunk) == added  # asking twice changes nothing
+    assert meter.peek(chunk.texts) == added  # asking twice changes nothing
     assert meter.running_completion == 0
     assert meter.counted_completion() == 0
     assert meter.reported is None
@@ -325,7 +341,7 @@ def test_chunks_without_text_add_nothing() -> None:
     assert meter.running_completion == 0
 
 
-def test_delivered_usage_is_the_estimate_and_the_count() -> None:
+def test_a_usage_chunk_after_content_is_authoritative() -> None:
     meter = _meter(prompt_tokens=42)
     _feed(meter, _delta_chunk("Partial answer"))
     _feed(
@@ -339,7 +355,8 @@ def test_delivered_usage_is_the_estimate_and_the_count() -> None:
             },
         ),
     )
-    assert meter.delivered_usage() == TokenUsage(42, COUNTER.count_text("Partial answer"), 0)
+    # the usage chunk's report wins over the estimate and the count
+    assert meter.usage() == TokenUsage(40, 3, 8)
 
 
 def test_answer_with_several_choices_counts_each() -> None:
@@ -350,7 +367,7 @@ def test_answer_with_several_choices_counts_each() -> None:
         ]
     }
     meter = _meter()
-    meter.observe_answer(wire.decode_answer(json.dumps(body).encode()))
+    _observe_answer(meter, json.dumps(body).encode())
     assert meter.counted_completion() == COUNTER.count_text("yes") + COUNTER.count_text("no")
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.config import BackendConfig
+from gateway.dialects import Dialect, OpenAIDialect
 from gateway.errors import InvalidRequest
 from gateway.tokens import TokenCounter
 
@@ -52,9 +54,16 @@ class Endpoint:
     bound_fields: tuple[str, ...]  # the last one is what the gateway sets when none was given
     validate: Callable[[Mapping[str, Any]], None]
     count: Callable[[TokenCounter, Mapping[str, Any]], int]
+    #: How requests and answers are read and written for a backend; None: relayed as is.
+    translate: Callable[[BackendConfig], Dialect] | None = None
 
     def count_prompt(self, counter: TokenCounter, body: Mapping[str, Any]) -> int:
         return self.count(counter, body)
+
+    def dialect(self, backend: BackendConfig) -> Dialect:
+        if self.translate is not None:
+            return self.translate(backend)
+        return OpenAIDialect(self.path)
 
 
 CHAT = Endpoint(

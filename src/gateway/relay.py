@@ -12,7 +12,6 @@ is always in the ledger.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +19,8 @@ from typing import Any
 import msgspec
 import structlog
 
-from gateway import wire
 from gateway.config import Config
+from gateway.dialects import Action, Dialect
 from gateway.endpoints import Endpoint
 from gateway.errors import (
     GatewayError,
@@ -37,7 +36,7 @@ from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Route, Router
 from gateway.settlement import Settlement
-from gateway.sse import Event, SSEParser, is_done
+from gateway.sse import Event, SSEParser
 from gateway.storage import ApiKey, Store, UsageStatus
 from gateway.tasks import TaskGroup
 from gateway.tokens import TokenCounter
@@ -291,11 +290,20 @@ class Relay:
                 )
                 continue
             tried += 1
-            upstream_body = self._upstream_body(endpoint, plan, body, route, cap)
+            dialect = endpoint.dialect(route.backend)
+            upstream_body = dialect.upstream_body(
+                body,
+                upstream_model=route.upstream_model,
+                bound_field=(plan.bound_field or endpoint.bound_fields[-1])
+                if endpoint.generates
+                else None,
+                cap=cap,
+                stream=plan.stream,
+            )
             backend = self._backends[route.backend.name]
             try:
                 response = await backend.send(
-                    endpoint.path, upstream_body, stream=plan.stream, headers=passed
+                    dialect.path, upstream_body, stream=plan.stream, headers=passed
                 )
             except UpstreamError as exc:
                 reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
@@ -321,8 +329,10 @@ class Relay:
                         return answer
                     continue
                 if plan.stream:
-                    return await self._open_stream(route, response, meter, plan, settlement)
-                return await self._complete(route, response, meter, settlement)
+                    return await self._open_stream(
+                        route, response, dialect, meter, plan, settlement
+                    )
+                return await self._complete(route, response, dialect, meter, settlement)
             except UpstreamError as exc:
                 response.close()
                 self._failed(route, exc, "timeout" if isinstance(exc, UpstreamTimeout) else "body")
@@ -350,18 +360,6 @@ class Relay:
         if affordable >= self._config.metering.default_reserve_tokens:
             return None
         return affordable
-
-    def _upstream_body(
-        self, endpoint: Endpoint, plan: _Plan, body: dict[str, Any], route: Route, cap: int | None
-    ) -> bytes:
-        out = dict(body)
-        out["model"] = route.upstream_model
-        if cap is not None and endpoint.generates:
-            out[plan.bound_field or endpoint.bound_fields[-1]] = cap
-        if plan.stream:
-            options = body.get("stream_options") or {}
-            out["stream_options"] = {**options, "include_usage": True}
-        return msgspec.json.encode(out)
 
     def _failed(self, route: Route, exc: GatewayError, reason: str) -> None:
         breaker = self._router.breaker(route)
@@ -395,22 +393,28 @@ class Relay:
         return Answer(status, body, {"content-type": "application/json"})
 
     async def _complete(
-        self, route: Route, response: UpstreamResponse, meter: Meter, settlement: Settlement
+        self,
+        route: Route,
+        response: UpstreamResponse,
+        dialect: Dialect,
+        meter: Meter,
+        settlement: Settlement,
     ) -> Answer:
         body = await response.read(MAX_ANSWER_BYTES)
         response.release()
-        try:
-            meter.observe_answer(wire.decode_answer(body))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise UpstreamError(f"backend {route.backend.name!r} sent an invalid answer") from exc
+        meter.reported, texts = dialect.read_answer(body)
+        meter.record(texts, 0)
         self._router.breaker(route).record_success()
         await settlement.settle(UsageStatus.OK)
-        return Answer(200, body, response.headers)
+        if settlement.failed is not None:
+            raise settlement.failed
+        return Answer(200, dialect.render_answer(body, meter.usage()), response.headers)
 
     async def _open_stream(
         self,
         route: Route,
         response: UpstreamResponse,
+        dialect: Dialect,
         meter: Meter,
         plan: _Plan,
         settlement: Settlement,
@@ -432,7 +436,7 @@ class Relay:
             if not first:
                 raise UpstreamError(f"backend {route.backend.name!r} closed an empty stream")
         self._router.breaker(route).record_success()
-        body = self._relay_stream(first, parser, chunks, response, meter, plan, settlement)
+        body = self._relay_stream(first, parser, chunks, response, dialect, meter, plan, settlement)
         return StreamAnswer(
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
             body=body,
@@ -445,45 +449,47 @@ class Relay:
         parser: SSEParser,
         chunks: AsyncIterator[bytes],
         response: UpstreamResponse,
+        dialect: Dialect,
         meter: Meter,
         plan: _Plan,
         settlement: Settlement,
     ) -> AsyncIterator[bytes]:
         status = UsageStatus.OK
         error: GatewayError | None = None
-        tail: list[bytes] = []
+        held: list[bytes] = []
         try:
             async for event in _events(first, parser, chunks):
-                data = event.data
-                if data is None:
-                    yield event.raw  # comments and keep-alives
+                step = dialect.read_event(event)
+                action = step.action
+                if action is Action.CONTENT:
+                    added = meter.peek(step.texts)
+                    if added and not await settlement.cover(meter.cost_with(added)):
+                        status = UsageStatus.CUT_OFF
+                        error = InsufficientQuota(
+                            "The wallet cannot pay for more of this answer: the stream was ended."
+                        )
+                        break
+                    meter.record(step.texts, added)
+                    if step.usage is not None:
+                        meter.reported = step.usage
+                elif action is Action.USAGE:
+                    meter.reported = step.usage
+                    if plan.wants_usage:
+                        held.append(event.raw)
                     continue
-                if is_done(data):
-                    tail.append(event.raw)
+                elif action is Action.DONE:
+                    held.append(event.raw)
                     break
-                try:
-                    chunk = wire.decode_chunk(data)
-                except (msgspec.DecodeError, msgspec.ValidationError):
+                elif action is Action.ERROR:
+                    status = UsageStatus.UPSTREAM_ERROR
+                    held.append(dialect.render_event(event, step))
+                    break
+                elif action is Action.DROP:
                     log.warning("upstream_bad_event", request_id=settlement.request_id)
                     continue
-                if chunk.error is not None:
-                    status = UsageStatus.UPSTREAM_ERROR
-                    tail.append(event.raw)
-                    break
-                if chunk.usage is not None and not chunk.choices:
-                    meter.reported = chunk.usage
-                    if plan.wants_usage:
-                        tail.append(event.raw)
-                    continue
-                added = meter.peek(chunk)
-                if added and not await settlement.cover(meter.cost_with(added)):
-                    status = UsageStatus.CUT_OFF
-                    error = InsufficientQuota(
-                        "The wallet cannot pay for more of this answer: the stream was ended."
-                    )
-                    break
-                meter.observe_chunk(chunk, added)
-                yield event.raw
+                out = dialect.render_event(event, step)
+                if out:
+                    yield out
         except UpstreamError as exc:
             status = UsageStatus.UPSTREAM_ERROR
             error = exc
@@ -494,11 +500,12 @@ class Relay:
             response.close()
             await settlement.settle(status, error=error.code if error else None)
         if settlement.failed is not None:
-            yield settlement.failed.to_sse()
+            yield dialect.stream_error(settlement.failed)
             return
         if error is not None:
-            yield error.to_sse()
-        for raw in tail:
+            yield dialect.stream_error(error)
+            return
+        for raw in dialect.stream_tail(held, meter.usage()):
             yield raw
 
 
@@ -512,7 +519,3 @@ async def _events(
             yield event
     for event in parser.flush():
         yield event
-
-
-def elapsed_ms(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)

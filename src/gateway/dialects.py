@@ -1,0 +1,163 @@
+"""How the relay reads and writes one API's messages: a *dialect* per (client endpoint,
+backend) pair, made fresh for every attempt (a translating dialect keeps state).
+
+The relay is the same for every API; a dialect tells it what to send upstream, what each
+upstream event means for metering (:class:`Step`), and what the client gets. The OpenAI
+dialect below relays bytes unchanged; ``gateway.responses`` holds the Responses API's.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from gateway import wire
+from gateway.errors import GatewayError, UpstreamError
+from gateway.pricing import TokenUsage
+from gateway.sse import Event, is_done
+
+__all__ = ["Action", "Dialect", "OpenAIDialect", "Reported", "Step", "Texts"]
+
+#: Generated text as (choice index, text) pairs.
+Texts = tuple[tuple[int, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """Usage as a backend reported it; None where a field was absent."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+
+
+class Action(enum.Enum):
+    PASS = "pass"  # relay as is, nothing to meter (comments, keep-alives, role-only chunks)
+    CONTENT = "content"  # generated text: metered, then relayed
+    USAGE = "usage"  # the final usage report: held back until the request is settled
+    DONE = "done"  # the end of the stream: held back until the request is settled
+    ERROR = "error"  # the backend reports an error inside the stream
+    DROP = "drop"  # unreadable: not relayed
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    action: Action
+    texts: Texts = ()
+    usage: Reported | None = None
+
+
+def reported(usage: wire.Usage | None) -> Reported | None:
+    if usage is None:
+        return None
+    details = usage.prompt_tokens_details
+    return Reported(
+        usage.prompt_tokens,
+        usage.completion_tokens,
+        details.cached_tokens if details is not None else None,
+    )
+
+
+def choice_texts(choices: list[wire.Choice] | None) -> Texts:
+    out: list[tuple[int, str]] = []
+    for choice in choices or ():
+        for message in (choice.message, choice.delta):
+            if message is not None:
+                out.extend((choice.index, text) for text in wire.message_texts(message))
+        if choice.text:
+            out.append((choice.index, choice.text))
+    return tuple(out)
+
+
+class Dialect(abc.ABC):
+    #: Upstream path below the backend's base_url.
+    path: str
+
+    @abc.abstractmethod
+    def upstream_body(
+        self,
+        body: Mapping[str, Any],
+        *,
+        upstream_model: str,
+        bound_field: str | None,
+        cap: int | None,
+        stream: bool,
+    ) -> bytes:
+        """The request body for the backend."""
+
+    @abc.abstractmethod
+    def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
+        """Usage and generated text of a complete answer; ``UpstreamError`` if unreadable."""
+
+    def render_answer(self, data: bytes, usage: TokenUsage) -> bytes:
+        """What the client gets for a complete answer."""
+        return data
+
+    @abc.abstractmethod
+    def read_event(self, event: Event) -> Step: ...
+
+    def render_event(self, event: Event, step: Step) -> bytes:
+        """What the client gets for a relayed event (empty: nothing)."""
+        return event.raw
+
+    def stream_tail(self, held: list[bytes], usage: TokenUsage) -> list[bytes]:
+        """What ends a stream once it is settled: ``held`` are the USAGE (when the client
+        asked for it) and DONE events as received."""
+        return held
+
+    def stream_error(self, error: GatewayError) -> bytes:
+        """An error after the stream started, as this API's clients expect it."""
+        return error.to_sse()
+
+
+class OpenAIDialect(Dialect):
+    """Chat completions, legacy completions and embeddings, relayed byte for byte."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def upstream_body(
+        self,
+        body: Mapping[str, Any],
+        *,
+        upstream_model: str,
+        bound_field: str | None,
+        cap: int | None,
+        stream: bool,
+    ) -> bytes:
+        out = dict(body)
+        out["model"] = upstream_model
+        if cap is not None and bound_field is not None:
+            out[bound_field] = cap
+        if stream:
+            options = body.get("stream_options") or {}
+            out["stream_options"] = {**options, "include_usage": True}
+        return msgspec.json.encode(out)
+
+    def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
+        try:
+            answer = wire.decode_answer(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise UpstreamError("the backend sent an unreadable answer") from exc
+        return reported(answer.usage), choice_texts(answer.choices)
+
+    def read_event(self, event: Event) -> Step:
+        data = event.data
+        if data is None:
+            return Step(Action.PASS)
+        if is_done(data):
+            return Step(Action.DONE)
+        try:
+            chunk = wire.decode_chunk(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return Step(Action.DROP)
+        if chunk.error is not None:
+            return Step(Action.ERROR)
+        if chunk.usage is not None and not chunk.choices:
+            return Step(Action.USAGE, usage=reported(chunk.usage))
+        return Step(Action.CONTENT, choice_texts(chunk.choices), reported(chunk.usage))

@@ -1,0 +1,807 @@
+"""The PostgreSQL engine: several gateway processes, one set of wallets (asyncpg).
+
+Same tables, columns, ids and rules as the SQLite engine; what differs is how atomicity is won
+when several processes write at once:
+
+- ``reserve``, ``extend`` and ``settle`` are each ONE statement (one round trip, atomic on its
+  own): chains of data-modifying CTEs that first lock the rows they depend on (``FOR UPDATE``
+  on reservations, ``FOR NO KEY UPDATE`` on wallets, which leaves foreign-key checks of other
+  inserts unblocked) and compute the new values from those locked, latest row versions;
+- the lock order is always reservation, then wallet, then key; transfers lock both wallets in
+  id order; ``release_expired`` takes reservations with ``FOR UPDATE SKIP LOCKED`` and then
+  their wallets in id order, so concurrent instances neither deadlock nor release twice;
+- a reservation is settled or released exactly once: whoever locks its row first deletes it,
+  the other finds it gone;
+- idempotency rests on unique indexes (``ledger_idempotency``, ``transfers.idempotency_key``,
+  ``usage.request_id``), never on a read before a write;
+- the pool does not reset sessions on release (one round trip saved per operation): this module
+  never leaves session state behind, and the schema comes with each connection's startup
+  parameters (``search_path``), which survive any ``RESET ALL``.
+
+asyncpg and connection failures become :class:`~gateway.errors.StorageUnavailable` at one
+boundary (:func:`_storage_errors`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import re
+import secrets
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, Protocol
+
+import asyncpg
+
+from gateway.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound, StorageUnavailable
+from gateway.money import format_micro
+from gateway.storage.base import (
+    ApiKey,
+    LedgerEntry,
+    Reservation,
+    Store,
+    Transfer,
+    Usage,
+    UsageStatus,
+    Wallet,
+)
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+
+class _Row(Protocol):
+    """An ``asyncpg.Record``: the only place values of unknown type enter this module."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+
+
+#: ``pg_advisory_xact_lock`` key taken while migrating (any schema of the database).
+MIGRATION_LOCK = 0x6761_7465_7761_7931  # "gatewa" "y1"
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_RELEASE_BATCH = 1_000
+
+# Ordered schema steps, each recorded in ``schema_migrations`` once applied. Append new steps;
+# never edit a released one.
+MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    (
+        "initial",
+        (
+            """CREATE TABLE wallets (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                balance BIGINT NOT NULL DEFAULT 0 CHECK (balance >= 0),
+                reserved BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= balance),
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE TABLE ledger (
+                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                wallet_id TEXT NOT NULL REFERENCES wallets (id),
+                kind TEXT NOT NULL CHECK (kind IN ('credit', 'charge', 'transfer')),
+                amount BIGINT NOT NULL,
+                balance_after BIGINT NOT NULL,
+                request_id TEXT,
+                idempotency_key TEXT,
+                memo TEXT,
+                ref TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            """CREATE UNIQUE INDEX ledger_idempotency ON ledger (wallet_id, kind, idempotency_key)
+                WHERE idempotency_key IS NOT NULL""",
+            "CREATE INDEX ledger_wallet ON ledger (wallet_id, id)",
+            """CREATE TABLE reservations (
+                id TEXT PRIMARY KEY,
+                wallet_id TEXT NOT NULL REFERENCES wallets (id),
+                key_id TEXT,
+                request_id TEXT NOT NULL,
+                amount BIGINT NOT NULL CHECK (amount >= 0),
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX reservations_expires ON reservations (expires_at)",
+            # seq orders usage newest first, stably; no foreign key: an append-only log.
+            """CREATE TABLE usage (
+                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                request_id TEXT NOT NULL UNIQUE,
+                key_id TEXT,
+                wallet_id TEXT NOT NULL,
+                model TEXT NOT NULL,
+                backend TEXT,
+                prompt_tokens BIGINT NOT NULL,
+                completion_tokens BIGINT NOT NULL,
+                cached_tokens BIGINT NOT NULL DEFAULT 0,
+                cost BIGINT NOT NULL DEFAULT 0,
+                shortfall BIGINT NOT NULL DEFAULT 0,
+                status TEXT NOT NULL,
+                stream BOOLEAN NOT NULL DEFAULT FALSE,
+                latency_ms BIGINT NOT NULL DEFAULT 0,
+                endpoint TEXT NOT NULL,
+                extra TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX usage_wallet ON usage (wallet_id, seq)",
+            "CREATE INDEX usage_key ON usage (key_id, seq)",
+            """CREATE TABLE keys (
+                id TEXT PRIMARY KEY,
+                wallet_id TEXT NOT NULL REFERENCES wallets (id),
+                name TEXT NOT NULL,
+                key_hash TEXT NOT NULL UNIQUE,
+                prefix TEXT NOT NULL,
+                models TEXT[],
+                rpm BIGINT,
+                tpm BIGINT,
+                spend_limit BIGINT,
+                spent BIGINT NOT NULL DEFAULT 0,
+                expires_at DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION
+            )""",
+            "CREATE INDEX keys_wallet ON keys (wallet_id)",
+            """CREATE TABLE transfers (
+                id TEXT PRIMARY KEY,
+                from_wallet TEXT NOT NULL REFERENCES wallets (id),
+                to_wallet TEXT NOT NULL REFERENCES wallets (id),
+                amount BIGINT NOT NULL CHECK (amount > 0),
+                idempotency_key TEXT UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
+)
+
+_WALLET = "id, name, balance, reserved, created_at"
+_ENTRY = (
+    "id, wallet_id, kind, amount, balance_after, created_at, request_id, idempotency_key, memo, ref"
+)
+_KEY = (
+    "id, wallet_id, name, key_hash, prefix, created_at, models, rpm, tpm, spend_limit, spent, "
+    "expires_at, revoked_at"
+)
+_USAGE = (
+    "request_id, key_id, wallet_id, model, backend, prompt_tokens, completion_tokens, status, "
+    "created_at, cached_tokens, cost, shortfall, stream, latency_ms, endpoint, extra"
+)
+_TRANSFER = "id, from_wallet, to_wallet, amount, created_at, idempotency_key"
+# A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
+_ON_USAGE_CONFLICT = (
+    "ON CONFLICT (request_id) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _USAGE.split(", ")[1:])
+    + f" WHERE usage.status = '{UsageStatus.ABANDONED.value}'"
+)
+
+_CREATE_WALLET = f"""
+WITH w AS (
+    INSERT INTO wallets ({_WALLET}) VALUES ($1, $2, $3, 0, $4) RETURNING {_WALLET}
+), opening AS (
+    INSERT INTO ledger (wallet_id, kind, amount, balance_after, memo, created_at)
+    SELECT id, 'credit', balance, balance, 'opening balance', created_at FROM w WHERE balance > 0
+)
+SELECT {_WALLET} FROM w"""
+
+# A replay (the key is in the ledger) updates nothing; two first uses racing both pass the
+# NOT EXISTS, and the unique index refuses the second ledger row (and with it the statement).
+_CREDIT = f"""
+WITH w AS (
+    UPDATE wallets SET balance = balance + $2 WHERE id = $1 AND NOT EXISTS (
+        SELECT FROM ledger WHERE wallet_id = $1 AND kind = 'credit' AND idempotency_key = $3
+    ) RETURNING {_WALLET}
+), entry AS (
+    INSERT INTO ledger (wallet_id, kind, amount, balance_after, idempotency_key, memo, created_at)
+    SELECT id, 'credit', $2, balance, $3, $4, $5 FROM w
+)
+SELECT {_WALLET} FROM w"""
+
+_TRANSFER_MOVE = f"""
+WITH t AS (
+    INSERT INTO transfers ({_TRANSFER}) VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+), src AS (
+    UPDATE wallets SET balance = balance - $4 FROM t WHERE wallets.id = $2 RETURNING balance
+), dst AS (
+    UPDATE wallets SET balance = balance + $4 FROM t WHERE wallets.id = $3 RETURNING balance
+), entries AS (
+    INSERT INTO ledger (
+        wallet_id, kind, amount, balance_after, idempotency_key, memo, ref, created_at
+    )
+    SELECT $2, 'transfer', -$4::bigint, src.balance, $6, $7, $1, $5 FROM src
+    UNION ALL
+    SELECT $3, 'transfer', $4, dst.balance, $6, $7, $1, $5 FROM dst
+)
+SELECT count(*) FROM t"""
+
+# The hold is computed from the locked (latest) wallet row, and the new values are set from that
+# row too, never from the UPDATE's own view of it: under concurrency the UPDATE first sees the
+# version of its snapshot, and PostgreSQL checks constraints on the row it would make of that
+# version before it moves to the latest one (``wallets_check`` would fail on a row that is never
+# written). The reservation row is written only when the hold was.
+_RESERVE = """
+WITH w AS (
+    SELECT id, reserved, LEAST($5::bigint, balance - reserved) AS amount FROM wallets
+    WHERE id = $2 AND balance - reserved >= $4::bigint FOR NO KEY UPDATE
+), hold AS (
+    UPDATE wallets SET reserved = w.reserved + w.amount FROM w
+    WHERE wallets.id = w.id RETURNING w.amount
+)
+INSERT INTO reservations (id, wallet_id, key_id, request_id, amount, created_at, expires_at)
+SELECT $1, $2, $3, $6, amount, $7, $8 FROM hold RETURNING amount"""
+
+_EXTEND = """
+WITH r AS (
+    SELECT wallet_id, amount, expires_at FROM reservations WHERE id = $1 FOR UPDATE
+), w AS (
+    SELECT w.id, w.reserved, LEAST($3::bigint, w.balance - w.reserved) AS amount
+    FROM wallets w JOIN r ON w.id = r.wallet_id
+    WHERE w.balance - w.reserved >= $2::bigint FOR NO KEY UPDATE OF w
+), hold AS (
+    UPDATE wallets SET reserved = w.reserved + w.amount FROM w
+    WHERE wallets.id = w.id RETURNING w.amount
+)
+UPDATE reservations
+SET amount = r.amount + hold.amount, expires_at = GREATEST(r.expires_at, $4::float8)
+FROM hold, r WHERE reservations.id = $1 RETURNING reservations.amount, reservations.expires_at"""
+
+# Locks the reservation, then its wallet; writes the usage record first and moves money only if
+# it was written (else nothing changes: a Conflict, or a repeated settle of a released hold).
+_SETTLE = f"""
+WITH r AS (
+    SELECT wallet_id, amount FROM reservations WHERE id = $1 FOR UPDATE
+), w AS (
+    SELECT w.id, w.balance, w.reserved, r.amount AS held,
+           GREATEST(0, LEAST($12::bigint, w.balance - w.reserved + r.amount)) AS charge
+    FROM wallets w JOIN r ON w.id = r.wallet_id FOR NO KEY UPDATE OF w
+), u AS (
+    INSERT INTO usage ({_USAGE})
+    SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, c.charge, $12 - c.charge, $13, $14, $15, $16
+    FROM (SELECT COALESCE((SELECT charge FROM w), 0) AS charge) AS c
+    {_ON_USAGE_CONFLICT}
+    RETURNING cost
+), gone AS (
+    DELETE FROM reservations WHERE id = $1 AND EXISTS (SELECT FROM u) AND EXISTS (SELECT FROM w)
+    RETURNING id
+), paid AS (
+    UPDATE wallets SET balance = w.balance - w.charge, reserved = w.reserved - w.held
+    FROM w WHERE wallets.id = w.id AND EXISTS (SELECT FROM gone)
+    RETURNING wallets.id, wallets.balance, w.charge
+), entry AS (
+    INSERT INTO ledger (wallet_id, kind, amount, balance_after, request_id, created_at)
+    SELECT id, 'charge', -charge, balance, $2, $17 FROM paid WHERE charge > 0
+), spent AS (
+    UPDATE keys SET spent = keys.spent + paid.charge FROM paid
+    WHERE keys.id = $3 AND paid.charge > 0
+)
+SELECT EXISTS (SELECT FROM r) AS held, (SELECT cost FROM u) AS charge"""
+
+_RELEASE_PICK = """
+WITH picked AS (
+    SELECT id FROM reservations {where} LIMIT {limit} FOR UPDATE SKIP LOCKED
+)
+DELETE FROM reservations USING picked WHERE reservations.id = picked.id
+RETURNING reservations.wallet_id, reservations.key_id, reservations.request_id,
+          reservations.amount"""
+
+_RELEASE_WALLETS = """
+UPDATE wallets SET reserved = wallets.reserved - s.amount
+FROM unnest($1::text[], $2::bigint[]) AS s (id, amount) WHERE wallets.id = s.id"""
+
+_ABANDONED = f"""
+INSERT INTO usage ({_USAGE})
+SELECT request_id, key_id, wallet_id, 'unknown', NULL, 0, 0, '{UsageStatus.ABANDONED.value}', $4,
+       0, 0, 0, FALSE, 0, 'chat.completions', NULL
+FROM unnest($1::text[], $2::text[], $3::text[]) AS a (request_id, key_id, wallet_id)
+ON CONFLICT (request_id) DO NOTHING"""
+
+_CREATE_KEY = f"""
+INSERT INTO keys ({_KEY}) SELECT {", ".join(f"${i}" for i in range(1, 14))}
+WHERE EXISTS (SELECT FROM wallets WHERE id = $2) RETURNING {_KEY}"""
+
+
+class PostgresStore(Store):
+    """``url``: ``postgresql://user[:password]@host[:port]/database[?...]`` (asyncpg's DSN).
+
+    ``pool_size``: connections per process (the pool keeps at least one open).
+    ``schema``: the tables live in this schema (created when migrating if missing) instead of
+    the server's default ``search_path``; every pooled connection starts with it.
+    ``connect_timeout_s``: how long opening one connection may take.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        schema: str | None = None,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {pool_size}")
+        if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(
+                f"schema must be a plain identifier (letters, digits, _; at most 63), "
+                f"not {schema!r}"
+            )
+        if connect_timeout_s <= 0:
+            raise ValueError("connect_timeout_s must be positive")
+        self.url = url
+        self.pool_size = pool_size
+        self.schema = schema
+        self.connect_timeout_s = connect_timeout_s
+        self._pool: Any = None  # asyncpg.Pool
+        self._where = _redact(url) + (f" (schema {schema})" if schema else "")
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def open(self, *, migrate: bool = True) -> None:
+        if self._pool is not None:
+            return
+        settings = {"search_path": f'"{self.schema}"'} if self.schema else {}
+        with _storage_errors(f"cannot connect to PostgreSQL at {self._where}", connecting=True):
+            pool = await asyncpg.create_pool(
+                self.url,
+                min_size=1,
+                max_size=self.pool_size,
+                timeout=self.connect_timeout_s,
+                server_settings=settings,
+                reset=_keep_session,
+            )
+        try:
+            with _storage_errors(f"cannot prepare PostgreSQL at {self._where}", connecting=True):
+                async with pool.acquire() as conn:
+                    if migrate:
+                        await _migrate(conn, self.schema)
+                    else:
+                        await _check_version(conn, self._where)
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with _storage_errors("cannot close the PostgreSQL pool"):
+                await pool.close()
+
+    async def ping(self) -> None:
+        await self._fetchval("SELECT 1")
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        pool = self._pool
+        if pool is None:
+            raise StorageUnavailable("storage is not open")
+        with _storage_errors(f"PostgreSQL at {self._where} is unavailable"):
+            async with pool.acquire() as conn:
+                yield conn
+
+    async def _fetch(self, sql: str, *args: object) -> list[_Row]:
+        async with self._connection() as conn:
+            rows: list[_Row] = await conn.fetch(sql, *args)
+            return rows
+
+    async def _fetchrow(self, sql: str, *args: object) -> _Row | None:
+        async with self._connection() as conn:
+            row: _Row | None = await conn.fetchrow(sql, *args)
+            return row
+
+    async def _fetchval(self, sql: str, *args: object) -> Any:
+        async with self._connection() as conn:
+            return await conn.fetchval(sql, *args)
+
+    # -- wallets and money -----------------------------------------------------------------
+    async def create_wallet(self, name: str, balance: int = 0) -> Wallet:
+        if balance < 0:
+            raise InvalidRequest("an opening balance must not be negative", param="balance")
+        wallet_id = "w_" + secrets.token_hex(8)
+        row = await self._fetchrow(_CREATE_WALLET, wallet_id, name, balance, time.time())
+        return _wallet(_present(row))
+
+    async def get_wallet(self, wallet_id: str) -> Wallet | None:
+        row = await self._fetchrow(f"SELECT {_WALLET} FROM wallets WHERE id = $1", wallet_id)
+        return None if row is None else _wallet(row)
+
+    async def list_wallets(self) -> list[Wallet]:
+        rows = await self._fetch(f"SELECT {_WALLET} FROM wallets ORDER BY created_at, id")
+        return [_wallet(row) for row in rows]
+
+    async def credit(
+        self,
+        wallet_id: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        memo: str | None = None,
+    ) -> tuple[Wallet, bool]:
+        if amount <= 0:
+            raise InvalidRequest("a credit must be greater than zero", param="amount")
+        args = (wallet_id, amount, idempotency_key, memo, time.time())
+        try:
+            row = await self._fetchrow(_CREDIT, *args)
+        except asyncpg.UniqueViolationError as exc:  # the same key's first use won a race
+            if exc.constraint_name != "ledger_idempotency":
+                raise
+            row = None
+        if row is not None:
+            return _wallet(row), True
+        current = await self.get_wallet(wallet_id)
+        if current is None:
+            raise NotFound(f"no wallet {wallet_id!r}", param="wallet_id")
+        return current, False  # the key was seen: a replay returns the wallet as it is now
+
+    async def transfer(
+        self,
+        from_wallet: str,
+        to_wallet: str,
+        amount: int,
+        *,
+        idempotency_key: str | None = None,
+        memo: str | None = None,
+    ) -> tuple[Transfer, bool]:
+        if amount <= 0:
+            raise InvalidRequest("a transfer must be greater than zero", param="amount")
+        if from_wallet == to_wallet:
+            raise InvalidRequest("a wallet cannot transfer to itself", param="to_wallet")
+        transfer = Transfer(
+            id="tr_" + secrets.token_hex(8),
+            from_wallet=from_wallet,
+            to_wallet=to_wallet,
+            amount=amount,
+            created_at=time.time(),
+            idempotency_key=idempotency_key,
+        )
+        replay = f"SELECT {_TRANSFER} FROM transfers WHERE idempotency_key = $1"
+        async with self._connection() as conn, conn.transaction():
+            if idempotency_key is not None:
+                seen: _Row | None = await conn.fetchrow(replay, idempotency_key)
+                if seen is not None:
+                    return Transfer(*seen), False
+            # Both wallets locked in id order: two opposite transfers cannot deadlock.
+            rows: list[_Row] = await conn.fetch(
+                "SELECT id, balance - reserved FROM wallets WHERE id = ANY($1::text[]) "
+                "ORDER BY id FOR NO KEY UPDATE",
+                [from_wallet, to_wallet],
+            )
+            available: dict[str, int] = {row[0]: row[1] for row in rows}
+            for wallet_id, param in ((from_wallet, "from_wallet"), (to_wallet, "to_wallet")):
+                if wallet_id not in available:
+                    raise NotFound(f"no wallet {wallet_id!r}", param=param)
+            if available[from_wallet] < amount:
+                raise _cannot_pay(from_wallet, amount, available[from_wallet])
+            args = (*dataclasses.astuple(transfer), memo)
+            if await conn.fetchval(_TRANSFER_MOVE, *args):
+                return transfer, True
+        # The same key's first use committed while this one waited: it moved nothing.
+        first = await self._fetchrow(replay, idempotency_key)
+        return Transfer(*_present(first)), False
+
+    async def ledger(self, wallet_id: str, limit: int = 100) -> list[LedgerEntry]:
+        rows = await self._fetch(
+            f"SELECT {_ENTRY} FROM ledger WHERE wallet_id = $1 ORDER BY id DESC LIMIT $2",
+            wallet_id,
+            max(0, limit),
+        )
+        return [LedgerEntry(*row) for row in rows]
+
+    # -- reservations ----------------------------------------------------------------------
+    async def reserve(
+        self,
+        *,
+        wallet_id: str,
+        key_id: str | None,
+        request_id: str,
+        minimum: int,
+        maximum: int,
+        lease_s: float,
+    ) -> Reservation | None:
+        _check_bounds(minimum, maximum)
+        rid, now = "r_" + secrets.token_hex(8), time.time()
+        expires = now + lease_s
+        amount = await self._fetchval(
+            _RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, expires
+        )
+        if amount is None:
+            return None
+        return Reservation(rid, wallet_id, key_id, request_id, int(amount), now, expires)
+
+    async def extend(
+        self, reservation: Reservation, *, minimum: int, maximum: int
+    ) -> Reservation | None:
+        """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
+        _check_bounds(minimum, maximum)
+        expires = time.time() + (reservation.expires_at - reservation.created_at)
+        row = await self._fetchrow(_EXTEND, reservation.id, minimum, maximum, expires)
+        if row is None:
+            return None
+        return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
+
+    async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
+        _check_settle(reservation, usage, cost)
+        params = _usage_params(usage)
+        params[10] = cost  # $12: what the request cost; the charge and shortfall follow from it
+        del params[11]
+        row = _present(await self._fetchrow(_SETTLE, reservation.id, *params, time.time()))
+        held, charge = bool(row[0]), row[1]
+        if charge is not None:
+            if not held:  # released by recovery: recorded, nothing charged
+                return dataclasses.replace(usage, cost=0, shortfall=cost)
+            return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
+        if held:
+            raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
+        # settled before: settling is idempotent and returns the first record
+        first = await self._fetchrow(
+            f"SELECT {_USAGE} FROM usage WHERE request_id = $1", usage.request_id
+        )
+        return _usage(_present(first))
+
+    async def release_expired(self, now: float, *, all_: bool = False) -> int:
+        where = "" if all_ else "WHERE expires_at < $1"
+        pick = _RELEASE_PICK.format(where=where, limit=_RELEASE_BATCH)
+        args: tuple[object, ...] = () if all_ else (now,)
+        total = 0
+        while True:
+            async with self._connection() as conn, conn.transaction():
+                released: list[_Row] = await conn.fetch(pick, *args)
+                if released:
+                    await _release(conn, released)
+            total += len(released)
+            if len(released) < _RELEASE_BATCH:
+                return total
+
+    # -- usage -----------------------------------------------------------------------------
+    async def list_usage(
+        self, *, wallet_id: str | None = None, key_id: str | None = None, limit: int = 100
+    ) -> list[Usage]:
+        where: list[str] = []
+        args: list[object] = []
+        for column, value in (("wallet_id", wallet_id), ("key_id", key_id)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        sql = f"SELECT {_USAGE} FROM usage"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        args.append(max(0, limit))
+        sql += f" ORDER BY seq DESC LIMIT ${len(args)}"
+        return [_usage(row) for row in await self._fetch(sql, *args)]
+
+    # -- keys ------------------------------------------------------------------------------
+    async def create_key(self, key: ApiKey) -> ApiKey:
+        params = (
+            key.id, key.wallet_id, key.name, key.key_hash, key.prefix, key.created_at,
+            None if key.models is None else list(key.models),
+            key.rpm, key.tpm, key.spend_limit, key.spent, key.expires_at, key.revoked_at,
+        )  # fmt: skip
+        try:
+            row = await self._fetchrow(_CREATE_KEY, *params)
+        except asyncpg.UniqueViolationError as exc:
+            raise Conflict("a key with this id or secret already exists") from exc
+        if row is None:
+            raise NotFound(f"no wallet {key.wallet_id!r}", param="wallet_id")
+        return _key(row)
+
+    async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
+        row = await self._fetchrow(f"SELECT {_KEY} FROM keys WHERE key_hash = $1", key_hash)
+        return None if row is None else _key(row)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        row = await self._fetchrow(f"SELECT {_KEY} FROM keys WHERE id = $1", key_id)
+        return None if row is None else _key(row)
+
+    async def list_keys(self, *, wallet_id: str | None = None) -> list[ApiKey]:
+        if wallet_id is None:
+            rows = await self._fetch(f"SELECT {_KEY} FROM keys ORDER BY created_at, id")
+        else:
+            rows = await self._fetch(
+                f"SELECT {_KEY} FROM keys WHERE wallet_id = $1 ORDER BY created_at, id", wallet_id
+            )
+        return [_key(row) for row in rows]
+
+    async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
+        row = await self._fetchrow(
+            f"UPDATE keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {_KEY}",
+            key_id,
+            now,
+        )
+        return None if row is None else _key(row)
+
+
+# -- the boundary to asyncpg ------------------------------------------------------------------
+
+#: Failures that mean "cannot reach or write the database now", whatever the statement.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (ConnectionError is one)
+    TimeoutError,  # connect timeout
+    asyncpg.PostgresConnectionError,  # lost mid-statement, protocol failures
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby, or default_transaction_read_only
+    asyncpg.exceptions.InsufficientResourcesError,  # disk full, out of memory, too many clients
+    asyncpg.exceptions.OperatorInterventionError,  # shutdown, crash recovery, statement timeout
+    asyncpg.exceptions.UndefinedTableError,  # the schema was dropped under us
+    # the protocol confused by a server that hung up on an idle connection just as a statement
+    # was sent on it (seen after pg_terminate_backend); the pool drops that connection
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+@contextlib.contextmanager
+def _storage_errors(context: str, *, connecting: bool = False) -> Iterator[None]:
+    """Turn unavailability into ``StorageUnavailable``; integrity and programming errors are
+    bugs and pass. While ``connecting``, any server refusal (authentication, unknown database,
+    permissions) is unavailability too."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        hint = ""
+        if isinstance(exc, asyncpg.exceptions.UndefinedTableError):
+            hint = ": the gateway's tables are missing, run `gateway migrate`"
+        raise StorageUnavailable(f"{context}: {_describe(exc)}{hint}") from exc
+    except asyncpg.InterfaceError as exc:  # "connection is closed", "pool is closing"
+        if "closed" not in str(exc) and "closing" not in str(exc):
+            raise
+        raise StorageUnavailable(f"{context}: {_describe(exc)}") from exc
+    except asyncpg.PostgresError as exc:
+        if not connecting:
+            raise
+        raise StorageUnavailable(f"{context}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _keep_session(conn: Any) -> None:
+    """Pool ``reset`` hook: asyncpg has rolled back any open transaction already; nothing else
+    needs resetting (no LISTEN, no SET, no session advisory locks), so no reset query is sent."""
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    except ValueError:
+        return "<unparsable url>"
+
+
+async def _migrate(conn: Any, schema: str | None) -> None:
+    """Apply the missing steps in one transaction, under an advisory lock so that instances
+    starting together migrate one after the other (the later ones find nothing to do). A
+    current schema is left alone without a lock or a write (a read-only role may start)."""
+    if await _version(conn) == len(MIGRATIONS):
+        return
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        if schema is not None and not await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)", schema
+        ):
+            await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            "version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+            "applied_at DOUBLE PRECISION NOT NULL)"
+        )
+        version = await _version(conn)
+        if version > len(MIGRATIONS):
+            raise _too_new(version, schema or "default")
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            name, statements = MIGRATIONS[number - 1]
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                number,
+                name,
+                time.time(),
+            )
+
+
+async def _check_version(conn: Any, where: str) -> None:
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):  # no table
+        raise StorageUnavailable(
+            f"PostgreSQL at {where} has no gateway schema: run `gateway migrate` "
+            "(or start with [storage] migrate_on_start = true)"
+        )
+    version = await _version(conn)
+    if version > len(MIGRATIONS):
+        raise _too_new(version, where)
+    if version < len(MIGRATIONS):
+        raise StorageUnavailable(
+            f"PostgreSQL at {where} has schema version {version}, this gateway needs "
+            f"{len(MIGRATIONS)}: run `gateway migrate`"
+        )
+
+
+async def _version(conn: Any) -> int:
+    """The number of steps applied; 0 without a ``schema_migrations`` table."""
+    if not await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL"):
+        return 0
+    return int(await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_migrations"))
+
+
+def _too_new(version: int, where: str) -> StorageUnavailable:
+    return StorageUnavailable(
+        f"PostgreSQL at {where} has schema version {version}, newer than this gateway knows "
+        f"({len(MIGRATIONS)}): upgrade the gateway"
+    )
+
+
+async def _release(conn: Any, released: Sequence[_Row]) -> None:
+    """Inside the releasing transaction: give the holds back (wallets locked in id order) and
+    record each released request as ``abandoned`` unless it has a usage record already."""
+    held: dict[str, int] = {}
+    for row in released:
+        held[row["wallet_id"]] = held.get(row["wallet_id"], 0) + row["amount"]
+    wallet_ids = sorted(held)
+    await conn.execute(
+        "SELECT FROM wallets WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", wallet_ids
+    )
+    await conn.execute(_RELEASE_WALLETS, wallet_ids, [held[w] for w in wallet_ids])
+    await conn.execute(
+        _ABANDONED,
+        [row["request_id"] for row in released],
+        [row["key_id"] for row in released],
+        [row["wallet_id"] for row in released],
+        time.time(),
+    )
+
+
+# -- rows ------------------------------------------------------------------------------------
+
+
+def _present(row: _Row | None) -> _Row:
+    if row is None:
+        raise RuntimeError("expected a row, got none")
+    return row
+
+
+def _wallet(row: _Row) -> Wallet:
+    return Wallet(*row)
+
+
+def _key(row: _Row) -> ApiKey:
+    models = None if row[6] is None else tuple(row[6])
+    r = row
+    return ApiKey(r[0], r[1], r[2], r[3], r[4], r[5], models, r[7], r[8], r[9], r[10], r[11], r[12])
+
+
+def _usage_params(usage: Usage) -> list[Any]:
+    return [
+        usage.request_id, usage.key_id, usage.wallet_id, usage.model, usage.backend,
+        usage.prompt_tokens, usage.completion_tokens, str(usage.status), usage.created_at,
+        usage.cached_tokens, usage.cost, usage.shortfall, usage.stream, usage.latency_ms,
+        usage.endpoint, json.dumps(usage.extra) if usage.extra else None,
+    ]  # fmt: skip
+
+
+def _usage(row: _Row) -> Usage:
+    extra = json.loads(row[15]) if row[15] else {}
+    r = row
+    return Usage(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
+        r[12], r[13], r[14], extra,
+    )  # fmt: skip
+
+
+def _check_bounds(minimum: int, maximum: int) -> None:
+    if minimum < 0 or maximum < minimum:
+        raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
+
+
+def _check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
+    if cost < 0:
+        raise ValueError(f"cost must not be negative, got {cost}")
+    if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
+        raise ValueError(
+            "the usage record does not belong to this reservation (request_id or wallet_id)"
+        )
+
+
+def _cannot_pay(wallet_id: str, amount: int, available: int) -> InsufficientQuota:
+    return InsufficientQuota(
+        f"wallet {wallet_id!r} cannot pay {format_micro(amount)} credits "
+        f"(available: {format_micro(available)})"
+    )
