@@ -398,7 +398,7 @@ def test_port_in_range(port: int) -> None:
         ("[server]\nmax_body_bytes = 10\n", ["server", "max_body_bytes"]),
         ('[storage]\nurl = "mysql://x"\n', ["storage", "url"]),
         ("[storage]\npool_size = 0\n", ["storage", "pool_size"]),
-        ("[storage]\nreservation_lease_s = 1\n", ["storage", "reservation_lease_s"]),
+        ("[storage]\nreservation_lease_s = 0.5\n", ["storage", "reservation_lease_s"]),
         ("[routing]\nfailure_threshold = 0\n", ["routing", "failure_threshold"]),
         ("[routing]\ncooldown_s = -1\n", ["routing", "cooldown_s"]),
         ("[metering]\ndefault_reserve_tokens = 0\n", ["metering", "token"]),

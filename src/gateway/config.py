@@ -87,13 +87,19 @@ class StorageConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     sqlite_synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
     #: A reservation older than this is released by any instance (its owner died).
     reservation_lease_s: float = 900.0
+    #: How often each instance looks for reservations whose lease ended.
+    sweep_interval_s: float = 30.0
+    #: PostgreSQL schema holding the gateway's tables (empty: the server's search_path).
+    schema: str = ""
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("sqlite:///", "postgresql://", "postgres://", "memory://")):
             raise _problem("url", "must start with sqlite:///, postgresql:// or memory://")
         if self.pool_size < 1:
             raise _problem("pool_size", "must be at least 1")
-        _check_seconds(self, "reservation_lease_s", minimum=60)
+        _check_seconds(self, "reservation_lease_s", "sweep_interval_s", minimum=1)
+        if self.schema and not _NAME.match(self.schema.replace("-", "_")):
+            raise _problem("schema", f"{self.schema!r} is not a plain identifier")
 
 
 class AdminConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -150,6 +156,9 @@ class BackendConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     connect_timeout_s: float = 10.0
     #: Demo backends only: seconds between streamed words (0 streams as fast as possible).
     demo_delay_s: float = 0.02
+    #: The backend speaks OpenAI's Responses API (`POST /responses`) itself; otherwise the
+    #: gateway translates /v1/responses requests into chat completions for it.
+    responses_api: bool = False
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

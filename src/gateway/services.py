@@ -27,15 +27,13 @@ __all__ = ["Services", "open_store"]
 
 log = structlog.get_logger("gateway.services")
 
-#: How often expired reservations (of a dead instance) are looked for.
-_SWEEP_S = 30.0
-
 
 def open_store(config: Config) -> Store:
     return store_from_url(
         config.storage.url,
         pool_size=config.storage.pool_size,
         synchronous=config.storage.sqlite_synchronous,
+        schema=config.storage.schema,
     )
 
 
@@ -89,7 +87,7 @@ class Services:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(_SWEEP_S)
+            await asyncio.sleep(self.config.storage.sweep_interval_s)
             try:
                 released = await self.store.release_expired(time.time())
             except Exception:

@@ -7,7 +7,9 @@ from gateway.storage.base import Store
 __all__ = ["store_from_url"]
 
 
-def store_from_url(url: str, *, pool_size: int = 10, synchronous: str = "NORMAL") -> Store:
+def store_from_url(
+    url: str, *, pool_size: int = 10, synchronous: str = "NORMAL", schema: str = ""
+) -> Store:
     """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``memory://``,
     ``postgresql://user@host:5432/db``."""
     if url.startswith("sqlite://"):
@@ -21,7 +23,7 @@ def store_from_url(url: str, *, pool_size: int = 10, synchronous: str = "NORMAL"
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.storage.postgres import PostgresStore
 
-        return PostgresStore(url, pool_size=pool_size)
+        return PostgresStore(url, pool_size=pool_size, schema=schema or None)
     raise ValueError(f"unsupported storage url {url!r}: use sqlite:///, postgresql:// or memory://")
 
 
