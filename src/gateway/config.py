@@ -66,6 +66,9 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_bytes: int = 10 * 1024 * 1024
+    #: Largest upstream answer read into memory (a non-streamed answer, one streamed event);
+    #: a backend sending more has failed (502).
+    max_answer_bytes: int = 64 * 1024 * 1024
     #: Seconds in-flight requests may take to finish on shutdown.
     graceful_shutdown_s: float = 10.0
 
@@ -74,6 +77,8 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
             raise _problem("port", f"must be between 0 and 65535, not {self.port}")
         if self.max_body_bytes < 1024:
             raise _problem("max_body_bytes", "must be at least 1024")
+        if self.max_answer_bytes < 1024:
+            raise _problem("max_answer_bytes", "must be at least 1024")
         _check_seconds(self, "graceful_shutdown_s")
 
 

@@ -38,8 +38,19 @@ class Meter:
         """The completion tokens these pieces of text would add (nothing is recorded)."""
         return sum(self._counter.count_text(text) for _, text in texts)
 
+    @staticmethod
+    def peek_bound(texts: Texts) -> int:
+        """An upper bound of :meth:`peek` at no tokenizing cost: a token is at least one
+        byte of UTF-8, so a text has at most as many tokens as bytes."""
+        return sum(len(text.encode()) for _, text in texts)
+
+    def recount(self) -> None:
+        """Replace the running count (perhaps upper bounds) by the exact count so far."""
+        self.running_completion = self.counted_completion()
+
     def record(self, texts: Texts, added: int) -> None:
-        """Record generated text that was passed on; ``added`` is what :meth:`peek` said."""
+        """Record generated text that was passed on; ``added`` is what :meth:`peek` (or
+        :meth:`peek_bound`) said."""
         for index, text in texts:
             self._texts.setdefault(index, []).append(text)
         self.running_completion += added

@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from gateway.config import Config
-from gateway.dialects import Action, Dialect
+from gateway.dialects import Action, Dialect, Step
 from gateway.endpoints import Endpoint
 from gateway.errors import (
     GatewayError,
@@ -46,8 +46,6 @@ __all__ = ["Answer", "Relay", "StreamAnswer"]
 
 log = structlog.get_logger("gateway.relay")
 
-#: Largest upstream answer read into memory (non-streamed answers, error bodies).
-MAX_ANSWER_BYTES = 64 * 1024 * 1024
 _ERROR_BODY_BYTES = 64 * 1024
 
 
@@ -400,7 +398,7 @@ class Relay:
         meter: Meter,
         settlement: Settlement,
     ) -> Answer:
-        body = await response.read(MAX_ANSWER_BYTES)
+        body = await response.read(self._config.server.max_answer_bytes)
         response.release()
         meter.reported, texts = dialect.read_answer(body)
         meter.record(texts, 0)
@@ -454,42 +452,55 @@ class Relay:
         plan: _Plan,
         settlement: Settlement,
     ) -> AsyncIterator[bytes]:
+        """Relay a stream read by read: the events of one upstream read are metered one by
+        one and passed on together (one write to the client per read, not per event)."""
         status = UsageStatus.OK
         error: GatewayError | None = None
         held: list[bytes] = []
+        ended = False
         try:
-            async for event in _events(first, parser, chunks):
-                step = dialect.read_event(event)
-                action = step.action
-                if action is Action.CONTENT:
-                    added = meter.peek(step.texts)
-                    if added and not await settlement.cover(meter.cost_with(added)):
-                        status = UsageStatus.CUT_OFF
-                        error = InsufficientQuota(
-                            "The wallet cannot pay for more of this answer: the stream was ended."
-                        )
-                        break
-                    meter.record(step.texts, added)
-                    if step.usage is not None:
+            async for events in _reads(first, parser, chunks):
+                out: list[bytes] = []
+                for event in events:
+                    step = dialect.read_event(event)
+                    action = step.action
+                    if action is Action.CONTENT:
+                        if step.texts and not await self._afford(meter, step, settlement):
+                            status = UsageStatus.CUT_OFF
+                            error = InsufficientQuota(
+                                "The wallet cannot pay for more of this answer: "
+                                "the stream was ended."
+                            )
+                            ended = True
+                            break
+                        if step.usage is not None:
+                            meter.reported = step.usage
+                    elif action is Action.USAGE:
                         meter.reported = step.usage
-                elif action is Action.USAGE:
-                    meter.reported = step.usage
-                    if plan.wants_usage:
+                        if plan.wants_usage:
+                            held.append(event.raw)
+                        continue
+                    elif action is Action.DONE:
+                        if step.usage is not None:
+                            meter.reported = step.usage
                         held.append(event.raw)
-                    continue
-                elif action is Action.DONE:
-                    held.append(event.raw)
-                    break
-                elif action is Action.ERROR:
-                    status = UsageStatus.UPSTREAM_ERROR
-                    held.append(dialect.render_event(event, step))
-                    break
-                elif action is Action.DROP:
-                    log.warning("upstream_bad_event", request_id=settlement.request_id)
-                    continue
-                out = dialect.render_event(event, step)
+                        ended = True
+                        break
+                    elif action is Action.ERROR:
+                        status = UsageStatus.UPSTREAM_ERROR
+                        held.append(dialect.render_event(event, step))
+                        ended = True
+                        break
+                    elif action is Action.DROP:
+                        log.warning("upstream_bad_event", request_id=settlement.request_id)
+                        continue
+                    rendered = dialect.render_event(event, step)
+                    if rendered:
+                        out.append(rendered)
                 if out:
-                    yield out
+                    yield b"".join(out)
+                if ended:
+                    break
         except UpstreamError as exc:
             status = UsageStatus.UPSTREAM_ERROR
             error = exc
@@ -505,17 +516,37 @@ class Relay:
         if error is not None:
             yield dialect.stream_error(error)
             return
-        for raw in dialect.stream_tail(held, meter.usage()):
-            yield raw
+        tail = dialect.stream_tail(held, meter.usage())
+        if tail:
+            yield b"".join(tail)
+
+    @staticmethod
+    async def _afford(meter: Meter, step: Step, settlement: Settlement) -> bool:
+        """Record a chunk of generated text if the wallet can pay for it. Cheap on the hot
+        path: the text's UTF-8 length bounds its tokens from above, so tiktoken runs only
+        when that bound gets near the reservation."""
+        bound = meter.peek_bound(step.texts)
+        if meter.cost_with(bound) <= settlement.reserved:
+            meter.record(step.texts, bound)
+            return True
+        meter.recount()  # exact count so far, then exact for this chunk
+        exact = meter.peek(step.texts)
+        if not await settlement.cover(meter.cost_with(exact)):
+            return False
+        meter.record(step.texts, exact)
+        return True
 
 
-async def _events(
+async def _reads(
     first: list[Event], parser: SSEParser, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[Event]:
-    for event in first:
-        yield event
+) -> AsyncIterator[list[Event]]:
+    """The events each upstream read completes (reads that complete none are skipped)."""
+    if first:
+        yield first
     async for chunk in chunks:
-        for event in parser.feed(chunk):
-            yield event
-    for event in parser.flush():
-        yield event
+        events = parser.feed(chunk)
+        if events:
+            yield events
+    rest = parser.flush()
+    if rest:
+        yield rest

@@ -23,7 +23,7 @@ import hashlib
 import importlib.resources
 import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import msgspec
@@ -188,6 +188,23 @@ def resolve_encoding(tokenizer: str | None, upstream_model: str, model: str) -> 
     )
 
 
+#: Texts this long or longer have their counts cached: conversations resend their system prompt
+#: and history with every turn, so the same long strings are counted again and again.
+_CACHE_FROM_CHARS = 64
+_CACHE_ENTRIES = 16_384
+
+
+@functools.cache
+def _counts_for(name: str) -> Callable[[str], int]:
+    encode = get_encoding(name).encode_ordinary
+
+    @functools.lru_cache(maxsize=_CACHE_ENTRIES)
+    def count(text: str) -> int:
+        return len(encode(text))
+
+    return count
+
+
 class TokenCounter:
     """Counts tokens of request parts with one shipped encoding.
 
@@ -195,12 +212,13 @@ class TokenCounter:
     decoded JSON and never raises; shapes that OpenAI would reject count 0.
     """
 
-    __slots__ = ("_encode", "encoding_name")
+    __slots__ = ("_cached", "_encode", "encoding_name")
 
     def __init__(self, encoding_name: str) -> None:
         encoding = get_encoding(encoding_name)
         self.encoding_name: Final = encoding_name
         self._encode = encoding.encode_ordinary
+        self._cached = _counts_for(encoding_name)
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.encoding_name!r})"
@@ -209,7 +227,9 @@ class TokenCounter:
         """Tokens in ``text``; special-token text such as ``<|endoftext|>`` counts as ordinary."""
         if not text:
             return 0
-        return len(self._encode(text))
+        if len(text) < _CACHE_FROM_CHARS:
+            return len(self._encode(text))
+        return self._cached(text)
 
     def count_chat_prompt(self, messages: Sequence[object], tools: object = None) -> int:
         """Prompt tokens of a chat completion request, per the OpenAI cookbook recipe.

@@ -23,6 +23,9 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: A request still unanswered after this long starts watching for its client leaving.
+_WATCH_AFTER_S = 0.02
+
 
 class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
@@ -72,7 +75,14 @@ async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[
                 current.cancel()
                 return
 
-    watcher = asyncio.create_task(watch(), name="disconnect-watch")
+    watcher: asyncio.Task[None] | None = None
+
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.create_task(watch(), name="disconnect-watch")
+
+    # Most answers come back sooner than this: they never pay for a watcher task.
+    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
@@ -80,4 +90,6 @@ async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[
             raise ClientGone from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
