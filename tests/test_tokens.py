@@ -451,3 +451,90 @@ def test_count_text_is_bounded_by_bytes(text: str) -> None:
 def test_token_id_prompts_count_their_length(ids: list[int]) -> None:
     assert CL100K.count_completion_prompt(ids) == len(ids)
     assert CL100K.count_embedding_input([ids, ids]) == 2 * len(ids)
+
+
+# --- the Responses API's input -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("counter", COUNTERS, ids=repr)
+def test_responses_input_counts_as_its_chat_twin(counter: TokenCounter) -> None:
+    """The cookbook conversation (without its ``name`` fields, which Responses items lack), as
+    ``instructions`` and input items, counts what the same chat messages count."""
+    messages = [{k: v for k, v in m.items() if k != "name"} for m in COOKBOOK_MESSAGES]
+    system, rest = messages[0], messages[1:]
+    items = [
+        {
+            "type": "message",
+            "role": m["role"],
+            "content": [{"type": "input_text", "text": m["content"]}],
+        }
+        if i % 2
+        else m
+        for i, m in enumerate(rest)
+    ]
+    chat = counter.count_chat_prompt(messages)
+    assert counter.count_responses_input(system["content"], items) == chat
+    assert counter.count_responses_input(None, "hello") == counter.count_chat_prompt(
+        [{"role": "user", "content": "hello"}]
+    )
+
+
+def test_responses_items_count_as_the_chat_messages_they_stand_for() -> None:
+    c = O200K.count_text
+    items: list[object] = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "What is this?"},
+                {"type": "input_image", "image_url": "https://x/y.png"},
+                {"type": "input_file", "file_id": "file_1"},
+            ],
+        },
+        {
+            "type": "message",
+            "role": "assistant",
+            "id": "msg_1",
+            "status": "completed",
+            "content": [
+                {"type": "output_text", "text": "A cat.", "annotations": []},
+                {"type": "refusal", "refusal": "No more."},
+            ],
+        },
+        {
+            "type": "function_call",
+            "id": "fc_1",
+            "call_id": "call_1",
+            "name": "get_weather",
+            "arguments": '{"city": "Paris"}',
+            "status": "completed",
+        },
+        {"type": "function_call_output", "call_id": "call_1", "output": "22 C"},
+        {
+            "type": "function_call_output",
+            "call_id": "call_2",
+            "output": [{"type": "input_text", "text": "sunny"}],
+        },
+        {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "hm"}]},
+        {"type": "item_reference", "id": "msg_0"},
+        "junk",
+        None,
+    ]
+    expected = (
+        3
+        + (3 + c("user") + c("What is this?") + IMAGE_PART_TOKENS)
+        + (3 + c("assistant") + c("A cat.") + c("No more."))
+        + (3 + c("assistant") + c("get_weather") + c('{"city": "Paris"}'))
+        + (3 + c("tool") + c("22 C"))
+        + (3 + c("tool") + c("sunny"))
+    )
+    assert O200K.count_responses_input(None, items) == expected
+    tools = [{"type": "function", "name": "f", "parameters": {}}]
+    assert O200K.count_responses_input("Be brief.", items, tools) == (
+        expected + 3 + c("system") + c("Be brief.") + O200K._count_tools(tools)
+    )
+
+
+@_PROPERTY_SETTINGS
+@given(instructions=JSON_VALUES, input=JSON_VALUES, tools=JSON_VALUES)
+def test_count_responses_input_never_raises(instructions: Any, input: Any, tools: Any) -> None:
+    assert O200K.count_responses_input(instructions, input, tools) >= 3

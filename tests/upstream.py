@@ -7,7 +7,8 @@ the test for its loop. Use it as a context manager, sync or async::
     with UpstreamServer() as server:          # or: async with UpstreamServer() as server:
         base_url = server.url                 # "http://127.0.0.1:PORT/v1"
 
-Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (stream and not),
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``POST /v1/responses``
+(OpenAI's Responses API, natively; all three stream and not),
 ``POST /v1/embeddings``, ``GET /v1/models``.
 
 What a request gets is scripted by a ``script`` object in its JSON body (the gateway forwards
@@ -29,9 +30,15 @@ the server's ``defaults``:
 ``chunk_delay_s``      sleep between stream chunks
 ``drop_after``         abort the connection after N content chunks (streams)
 ``ignore_max_tokens``  default true: generate ``words`` whatever max_tokens says; false: honour
-                       ``max_tokens``/``max_completion_tokens``, ``finish_reason: "length"``
+                       ``max_tokens``/``max_completion_tokens``/``max_output_tokens``,
+                       ``finish_reason: "length"`` (Responses: ``status: "incomplete"``)
 ``tool_call``          answer with a tool call: true or ``{"name", "arguments", "pieces"}``;
                        in streams the arguments arrive in ``pieces`` chunks
+``tool_call_first``    like ``tool_call`` when the request offers tools, until the conversation
+                       holds a tool result (a ``tool`` message, a ``function_call_output``
+                       item); then, and without tools, words
+``reasoning_tokens``   Responses only: reported in ``output_tokens_details`` and added to
+                       ``output_tokens``, as OpenAI counts them
 =====================  ======================================================================
 
 Per-server attributes a test may set: ``status`` (every request fails with it), ``fail_next``
@@ -188,6 +195,7 @@ class UpstreamServer:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._track])
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/responses", self._responses)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_get("/v1/models", self._models)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
@@ -321,7 +329,7 @@ class UpstreamServer:
         if not script.get("ignore_max_tokens", True):
             bounds = [
                 int(body[k])
-                for k in ("max_tokens", "max_completion_tokens")
+                for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")
                 if isinstance(body.get(k), int)
             ]
             if bounds and min(bounds) < words:
@@ -342,8 +350,11 @@ class UpstreamServer:
         return usage
 
     @staticmethod
-    def _tool(script: dict[str, Any]) -> dict[str, Any] | None:
+    def _tool(script: dict[str, Any], body: Any = None) -> dict[str, Any] | None:
         spec = script.get("tool_call")
+        first = script.get("tool_call_first")
+        if not spec and first and isinstance(body, dict) and body.get("tools"):
+            spec = None if _has_tool_result(body) else first
         if not spec:
             return None
         tool = dict(DEFAULT_TOOL)
@@ -359,7 +370,7 @@ class UpstreamServer:
         body = received.body if isinstance(received.body, dict) else {}
         n = int(body.get("n") or 1)
         words, finish = self._plan(body, script)
-        tool = self._tool(script)
+        tool = self._tool(script, body)
         ident = self._next_id("chatcmpl")
         model = body.get("model", "unknown")
         if body.get("stream"):
@@ -476,7 +487,10 @@ class UpstreamServer:
         record: StreamRecord,
         events: list[tuple[dict[str, Any], bool]],
         script: dict[str, Any],
+        *,
+        responses: bool = False,
     ) -> web.StreamResponse:
+        """Write ``events`` as SSE (Responses API: named events, no ``[DONE]``)."""
         chunk_delay = float(script.get("chunk_delay_s", 0))
         drop_after = script.get("drop_after")
         try:
@@ -489,12 +503,14 @@ class UpstreamServer:
                     return response
                 if is_content and chunk_delay > 0 and record.chunks_sent > 0:
                     await asyncio.sleep(chunk_delay)
+                named = f"event: {payload['type']}\n".encode() if responses else b""
                 await self._write(
-                    request, response, b"data: " + json.dumps(payload).encode() + b"\n\n"
+                    request, response, named + b"data: " + json.dumps(payload).encode() + b"\n\n"
                 )
                 if is_content:
                     record.chunks_sent += 1
-            await self._write(request, response, b"data: [DONE]\n\n")
+            if not responses:
+                await self._write(request, response, b"data: [DONE]\n\n")
             await response.write_eof()
             record.finished = True
         except (_PeerGone, ConnectionError, asyncio.CancelledError):
@@ -568,6 +584,110 @@ class UpstreamServer:
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
         return await self._send_events(request, response, record, events, script)
 
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API, spoken natively: one output item (a message, or a function
+        call), usage always reported (unless ``usage`` is false)."""
+        received, script = await self._receive(request)
+        failure = await self._before_answer(script)
+        if failure is not None:
+            return failure
+        body = received.body if isinstance(received.body, dict) else {}
+        words, finish = self._plan(body, script)
+        tool = self._tool(script, body)
+        ident = self._next_id("resp")
+        item_id = self._next_id("item")
+        created = int(time.time())
+        pieces = _tool_pieces(tool) if tool is not None else _words(words, self._word(script))
+        reasoning = int(script.get("reasoning_tokens", 0))
+        usage: dict[str, Any] | None = None
+        if script.get("usage", True):
+            chat_usage = self._usage(script, len(pieces) + reasoning)
+            usage = {
+                "input_tokens": chat_usage["prompt_tokens"],
+                "input_tokens_details": {"cached_tokens": int(script.get("cached_tokens", 0))},
+                "output_tokens": chat_usage["completion_tokens"],
+                "output_tokens_details": {"reasoning_tokens": reasoning},
+                "total_tokens": chat_usage["total_tokens"],
+            }
+
+        def item(status: str, text: str) -> dict[str, Any]:
+            if tool is not None:
+                return {
+                    "id": item_id,
+                    "type": "function_call",
+                    "status": status,
+                    "call_id": "call_0",
+                    "name": tool["name"],
+                    "arguments": text,
+                }
+            content = [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]
+            return {
+                "id": item_id,
+                "type": "message",
+                "status": status,
+                "role": "assistant",
+                "content": content if status == "completed" else [],
+            }
+
+        def answer(status: str, output: list[dict[str, Any]]) -> dict[str, Any]:
+            done = status != "in_progress"
+            return {
+                "id": ident,
+                "object": "response",
+                "created_at": created,
+                "status": status,
+                "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"}
+                if status == "incomplete"
+                else None,
+                "instructions": body.get("instructions"),
+                "max_output_tokens": body.get("max_output_tokens"),
+                "model": body.get("model", "unknown"),
+                "output": output,
+                "parallel_tool_calls": True,
+                "tool_choice": body.get("tool_choice", "auto"),
+                "tools": body.get("tools", []),
+                "usage": usage if done else None,
+            }
+
+        full = "".join(pieces)
+        final = "incomplete" if finish == "length" else "completed"
+        if not body.get("stream"):
+            return web.json_response(answer(final, [item("completed", full)]))
+
+        sequence = iter(range(1 << 30))
+        events: list[tuple[dict[str, Any], bool]] = []
+
+        def emit(kind: str, content: bool = False, **fields: Any) -> None:
+            events.append(({"type": kind, "sequence_number": next(sequence), **fields}, content))
+
+        emit("response.created", response=answer("in_progress", []))
+        emit("response.in_progress", response=answer("in_progress", []))
+        emit("response.output_item.added", output_index=0, item=item("in_progress", ""))
+        where = {"item_id": item_id, "output_index": 0}
+        if tool is None:
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            emit("response.content_part.added", **where, content_index=0, part=part)
+            for piece in pieces:
+                emit("response.output_text.delta", True, **where, content_index=0, delta=piece)
+            emit("response.output_text.done", **where, content_index=0, text=full)
+            emit(
+                "response.content_part.done", **where, content_index=0, part={**part, "text": full}
+            )
+        else:
+            for piece in pieces:
+                emit("response.function_call_arguments.delta", True, **where, delta=piece)
+            emit("response.function_call_arguments.done", **where, arguments=full)
+        emit("response.output_item.done", output_index=0, item=item("completed", full))
+        emit(f"response.{final}", response=answer(final, [item("completed", full)]))
+
+        record = StreamRecord(path=request.path)
+        self.streams.append(record)
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        return await self._send_events(request, response, record, events, script, responses=True)
+
     async def _embeddings(self, request: web.Request) -> web.Response:
         received, script = await self._receive(request)
         failure = await self._before_answer(script)
@@ -623,6 +743,17 @@ class UpstreamServer:
             }
         }
         return web.json_response(body, status=404)
+
+
+def _has_tool_result(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return False
+    messages = body.get("messages")
+    items = body.get("input")
+    return any(isinstance(m, dict) and m.get("role") == "tool" for m in messages or ()) or any(
+        isinstance(i, dict) and i.get("type") == "function_call_output"
+        for i in (items if isinstance(items, list) else ())
+    )
 
 
 def _tool_pieces(tool: dict[str, Any]) -> list[str]:

@@ -29,13 +29,13 @@ from gateway.responses_chat import (
     ChatChunk,
     ChatUsage,
     StreamTranslator,
-    chat_request,
     decode_answer,
     decode_chunk,
     error_event,
     message_texts,
     response_object,
 )
+from gateway.responses_request import chat_request
 from gateway.sse import Event, is_done
 
 __all__ = ["ChatTranslation", "NativeResponses", "responses_dialect"]
@@ -114,10 +114,9 @@ def _output_texts(output: list[Any] | None) -> Texts:
             value = item.get(name)
             if isinstance(value, str):
                 texts.append(value)
-        if item.get("type") in ("function_call", "custom_tool_call"):
-            name = item.get("name")
-            if isinstance(name, str):
-                texts.append(name)
+        called = item.get("name")
+        if item.get("type") in ("function_call", "custom_tool_call") and isinstance(called, str):
+            texts.append(called)
         for key in ("content", "summary"):  # message parts, reasoning text and summaries
             parts = item.get(key)
             if not isinstance(parts, list):
@@ -137,7 +136,8 @@ class NativeResponses(Dialect):
     path = "/responses"
 
     def __init__(self) -> None:
-        self._next_sequence = 0
+        self._read: int | None = None  # the sequence_number of the event last read
+        self._next_sequence = 0  # the one after the last event the client got
 
     def upstream_body(
         self,
@@ -171,8 +171,7 @@ class NativeResponses(Dialect):
             parsed = _decode_event(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return Step(Action.DROP)
-        if parsed.sequence_number is not None:
-            self._next_sequence = max(self._next_sequence, parsed.sequence_number + 1)
+        self._read = parsed.sequence_number
         kind = parsed.type or event.event
         if kind in _GENERATED:
             text = parsed.delta if isinstance(parsed.delta, str) else ""
@@ -183,6 +182,11 @@ class NativeResponses(Dialect):
         if kind in _FAILED:
             return Step(Action.ERROR, usage=usage)
         return Step(Action.PASS)
+
+    def render_event(self, event: Event, step: Step) -> bytes:
+        if self._read is not None:
+            self._next_sequence = self._read + 1
+        return event.raw
 
     def stream_error(self, error: GatewayError) -> bytes:
         sequence, self._next_sequence = self._next_sequence, self._next_sequence + 1

@@ -1,21 +1,12 @@
-"""OpenAI's Responses API spoken to a backend that knows only chat completions.
+"""A chat completion as the Responses API's answer, for backends that speak only chat (the
+request's way there is :mod:`gateway.responses_request`). Used by
+:class:`gateway.responses.ChatTranslation`:
 
-Three pure translations, used by :class:`gateway.responses.ChatTranslation`:
-
-- :func:`chat_request`: a ``POST /responses`` body into a ``POST /chat/completions`` body.
-  ``instructions`` become a system message; ``input`` (a string, or items: messages with
-  text and image parts, ``function_call`` and ``function_call_output``) become messages;
-  function tools, ``tool_choice``, ``parallel_tool_calls``, ``temperature``, ``top_p``,
-  ``text.format`` (structured output), ``reasoning.effort`` and ``user`` map to their chat
-  twins, the completion bound to ``max_tokens``. Server-side state (``previous_response_id``,
-  ``conversation``, ``prompt`` templates, ``item_reference``, ``background``) and built-in
-  tools cannot be translated: :class:`~gateway.errors.InvalidRequest` says so. Bookkeeping
-  fields with no chat meaning (``store``, ``metadata``, ``include``, ``truncation``...) are
-  dropped; fields the Responses API does not define pass through, as on every endpoint.
 - :func:`response_object`: a chat completion into a Responses ``response`` object.
 - :class:`StreamTranslator`: chat stream chunks into Responses stream events, with their
   ``sequence_number`` and item ids, ending with ``response.completed`` (or
   ``response.incomplete``) carrying the usage the gateway metered.
+- :func:`error_event`: the Responses API's streamed ``error`` event.
 """
 
 from __future__ import annotations
@@ -28,276 +19,23 @@ from typing import Any
 
 import msgspec
 
-from gateway.errors import InvalidRequest
 from gateway.pricing import TokenUsage
 
 __all__ = [
     "ChatAnswer",
     "ChatChunk",
+    "ChatUsage",
     "StreamTranslator",
-    "chat_request",
+    "decode_answer",
+    "decode_chunk",
     "error_event",
+    "message_texts",
     "response_object",
     "usage_json",
 ]
 
-#: Responses fields that name state kept by the Responses server, impossible on chat.
-_STATEFUL = {
-    "previous_response_id": "it names a response stored server-side",
-    "conversation": "it names a conversation stored server-side",
-    "prompt": "it names a prompt template stored server-side",
-}
-#: Responses fields with no chat meaning: dropped. Everything else the Responses API does not
-#: define passes through unchanged (vendor extensions, as on every endpoint).
-_DROPPED = frozenset(
-    {
-        "store",
-        "metadata",
-        "include",
-        "truncation",
-        "stream_options",
-        "max_tool_calls",
-        "top_logprobs",
-        "service_tier",
-        "safety_identifier",
-        "prompt_cache_key",
-        "prompt_cache_retention",
-        "prompt_cache_options",
-        "context_management",
-        "background",
-    }
-)
-_MAPPED = frozenset(
-    {
-        "model",
-        "input",
-        "instructions",
-        "stream",
-        "max_output_tokens",
-        "temperature",
-        "top_p",
-        "tools",
-        "tool_choice",
-        "parallel_tool_calls",
-        "text",
-        "reasoning",
-        "user",
-    }
-)
-_KNOWN = _MAPPED | _DROPPED | _STATEFUL.keys()
-_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
-
-def _refuse(message: str, param: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"{message}. This model's backend speaks only chat completions, so the gateway "
-        "translates Responses requests for it, and this cannot be translated.",
-        param=param,
-        code="unsupported_parameter",
-    )
-
-
-# -- request ---------------------------------------------------------------------------------
-def chat_request(
-    body: Mapping[str, Any], *, upstream_model: str, cap: int | None, stream: bool
-) -> dict[str, Any]:
-    """The chat completion request for a Responses request; ``InvalidRequest`` if it cannot
-    be translated."""
-    for name, why in _STATEFUL.items():
-        if body.get(name) is not None:
-            raise _refuse(f"'{name}' is not supported here: {why}", name)
-    if body.get("background"):
-        raise _refuse("'background' is not supported here: it needs a server that runs "
-                      "the response on its own and stores it", "background")
-    out: dict[str, Any] = {k: v for k, v in body.items() if k not in _KNOWN}
-    out["model"] = upstream_model
-    out["messages"] = chat_messages(body.get("instructions"), body.get("input"))
-    if stream:
-        out["stream"] = True
-        out["stream_options"] = {"include_usage": True}
-    bound = cap if cap is not None else body.get("max_output_tokens")
-    if bound is not None:
-        out["max_tokens"] = bound
-    for name in ("temperature", "top_p", "user"):
-        if body.get(name) is not None:
-            out[name] = body[name]
-    tools = _tools(body.get("tools"))
-    if tools:
-        out["tools"] = tools
-        if body.get("parallel_tool_calls") is not None:
-            out["parallel_tool_calls"] = body["parallel_tool_calls"]
-    if body.get("tool_choice") is not None:
-        out["tool_choice"] = _tool_choice(body["tool_choice"])
-    response_format = _response_format(body.get("text"))
-    if response_format is not None:
-        out["response_format"] = response_format
-    reasoning = body.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("effort") is not None:
-        out["reasoning_effort"] = reasoning["effort"]
-    return out
-
-
-def chat_messages(instructions: object, input: object) -> list[dict[str, Any]]:
-    """Chat messages for ``instructions`` and ``input`` (a string or a list of items)."""
-    messages: list[dict[str, Any]] = []
-    if isinstance(instructions, str):
-        if instructions:
-            messages.append({"role": "system", "content": instructions})
-    elif instructions is not None:
-        raise InvalidRequest("'instructions' must be a string.", param="instructions")
-    if isinstance(input, str):
-        messages.append({"role": "user", "content": input})
-        return messages
-    if not isinstance(input, list):
-        raise InvalidRequest("'input' must be a string or an array.", param="input")
-    for i, item in enumerate(input):
-        param = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"'{param}' must be an object.", param=param)
-        kind = item.get("type", "message")
-        if kind == "message":
-            messages.append(_message(item, param))
-        elif kind == "function_call":
-            call = {
-                "id": _string(item, "call_id", param),
-                "type": "function",
-                "function": {
-                    "name": _string(item, "name", param),
-                    "arguments": _string(item, "arguments", param),
-                },
-            }
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":
-                last.setdefault("tool_calls", []).append(call)  # parallel calls: one message
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
-            output = item.get("output")
-            messages.append(
-                {
-                    "role": "tool",
-                    "tool_call_id": _string(item, "call_id", param),
-                    "content": output if isinstance(output, str) else _joined_text(output),
-                }
-            )
-        elif kind == "reasoning":
-            continue  # a model's own reasoning: chat backends take none back
-        elif kind == "item_reference":
-            raise _refuse(f"'{param}' is an item_reference: it names an item stored "
-                          "server-side", param)
-        else:
-            raise _refuse(f"'{param}' is a {kind!r} item: only messages, function_call and "
-                          "function_call_output items have a chat equivalent", param)
-    return messages
-
-
-def _string(item: Mapping[str, Any], name: str, param: str) -> str:
-    value = item.get(name)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"'{param}.{name}' must be a string.", param=f"{param}.{name}")
-    return value
-
-
-def _message(item: Mapping[str, Any], param: str) -> dict[str, Any]:
-    role = _ROLES.get(item.get("role"))
-    if role is None:
-        raise InvalidRequest(
-            f"'{param}.role' must be one of user, assistant, system, developer.",
-            param=f"{param}.role",
-        )
-    content = item.get("content")
-    if isinstance(content, str):
-        return {"role": role, "content": content}
-    if not isinstance(content, list):
-        raise InvalidRequest(
-            f"'{param}.content' must be a string or an array.", param=f"{param}.content"
-        )
-    parts = [_part(part, f"{param}.content[{j}]") for j, part in enumerate(content)]
-    texts = [p["text"] for p in parts if p["type"] == "text"]
-    if role != "user" or len(parts) == len(texts) == 1:
-        if len(texts) != len(parts):
-            raise _refuse(f"'{param}' holds images: only user messages may", param)
-        return {"role": role, "content": "".join(texts)}  # the shape every backend takes
-    return {"role": role, "content": parts}
-
-
-def _part(part: object, param: str) -> dict[str, Any]:
-    if not isinstance(part, dict):
-        raise InvalidRequest(f"'{param}' must be an object.", param=param)
-    kind = part.get("type")
-    if kind in ("input_text", "output_text", "text"):
-        return {"type": "text", "text": _string(part, "text", param)}
-    if kind == "refusal":
-        return {"type": "text", "text": _string(part, "refusal", param)}
-    if kind == "input_image":
-        url = part.get("image_url")
-        if not isinstance(url, str):
-            raise _refuse(f"'{param}' names its image by file_id: only image_url (a URL or "
-                          "a data: URL) has a chat equivalent", param)
-        image: dict[str, Any] = {"url": url}
-        if part.get("detail") is not None:
-            image["detail"] = part["detail"]
-        return {"type": "image_url", "image_url": image}
-    raise _refuse(f"'{param}' is a {kind!r} part: only text and image parts have a chat "
-                  "equivalent", param)
-
-
-def _joined_text(value: object) -> str:
-    if not isinstance(value, list):
-        return ""
-    return "".join(
-        str(p.get("text", "")) for p in value if isinstance(p, dict) and p.get("type") in
-        ("input_text", "output_text", "text")
-    )
-
-
-def _tools(tools: object) -> list[dict[str, Any]]:
-    if tools is None:
-        return []
-    if not isinstance(tools, list):
-        raise InvalidRequest("'tools' must be an array.", param="tools")
-    out: list[dict[str, Any]] = []
-    for i, tool in enumerate(tools):
-        param = f"tools[{i}]"
-        if not isinstance(tool, dict):
-            raise InvalidRequest(f"'{param}' must be an object.", param=param)
-        kind = tool.get("type")
-        if kind != "function":
-            raise _refuse(f"'{param}' is a {kind!r} tool: only function tools have a chat "
-                          "equivalent (built-in tools run on OpenAI's servers)", param)
-        function: dict[str, Any] = {"name": _string(tool, "name", param)}
-        for name in ("description", "parameters", "strict"):
-            if tool.get(name) is not None:
-                function[name] = tool[name]
-        out.append({"type": "function", "function": function})
-    return out
-
-
-def _tool_choice(choice: object) -> object:
-    if choice in ("auto", "none", "required"):
-        return choice
-    if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "function", "function": {"name": _string(choice, "name", "tool_choice")}}
-    raise _refuse("'tool_choice' names a built-in tool or a tool set: only auto, none, "
-                  "required and one function have a chat equivalent", "tool_choice")
-
-
-def _response_format(text: object) -> dict[str, Any] | None:
-    if not isinstance(text, dict):
-        return None
-    spec = text.get("format")
-    if not isinstance(spec, dict):
-        return None
-    kind = spec.get("type")
-    if kind == "json_object":
-        return {"type": "json_object"}
-    if kind == "json_schema":
-        schema = {k: spec[k] for k in ("name", "schema", "strict", "description") if k in spec}
-        return {"type": "json_schema", "json_schema": schema}
-    return None
-
-
-# -- answers -----------------------------------------------------------------------------------
+# -- complete answers --------------------------------------------------------------------------
 class _Function(msgspec.Struct):
     name: str | None = None
     arguments: str | None = None
@@ -379,7 +117,7 @@ def usage_json(usage: TokenUsage, reasoning_tokens: int = 0) -> dict[str, Any]:
     """The Responses API's ``usage`` for what the gateway metered."""
     return {
         "input_tokens": usage.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "input_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": usage.completion_tokens,
         "output_tokens_details": {
             "reasoning_tokens": min(max(reasoning_tokens, 0), usage.completion_tokens)
@@ -425,6 +163,11 @@ def _shell(
         "user": request.get("user"),
         "metadata": request.get("metadata") or {},
     }
+
+
+def _cut(finish_reason: str | None) -> bool:
+    """Whether the answer was cut short (by the bound or a filter)."""
+    return (finish_reason or "") in _INCOMPLETE
 
 
 def _finish(response: dict[str, Any], finish_reason: str | None) -> None:
@@ -481,7 +224,9 @@ def response_object(
             if text
         ]
         if parts:
-            response["output"].append(_message_item(_new_id("msg"), parts, "completed"))
+            cut = choice is not None and _cut(choice.finish_reason)
+            status = "incomplete" if cut else "completed"
+            response["output"].append(_message_item(_new_id("msg"), parts, status))
         for call in message.tool_calls or ():
             function = call.function or _Function()
             response["output"].append(
@@ -501,9 +246,8 @@ def response_object(
 
 # -- streams ---------------------------------------------------------------------------------
 def _sse(payload: dict[str, Any]) -> bytes:
-    return b"event: " + payload["type"].encode() + b"\ndata: " + msgspec.json.encode(payload) + (
-        b"\n\n"
-    )
+    kind: str = payload["type"]
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), msgspec.json.encode(payload))
 
 
 def error_event(
@@ -666,7 +410,9 @@ class StreamTranslator:
         item = _Item(len(self._items), ident, kind)
         self._items.append(item)
         self._emit(
-            out, "response.output_item.added", output_index=item.output_index,
+            out,
+            "response.output_item.added",
+            output_index=item.output_index,
             item=item.item("in_progress"),
         )
         return item
@@ -702,9 +448,16 @@ class StreamTranslator:
                 arguments="".join(item.arguments),
             )
         self._emit(
-            out, "response.output_item.done", output_index=item.output_index,
-            item=item.item("completed"),
+            out,
+            "response.output_item.done",
+            output_index=item.output_index,
+            item=item.item(self._item_status),
         )
+
+    @property
+    def _item_status(self) -> str:
+        """Items of an answer cut short are incomplete, as OpenAI marks them."""
+        return "incomplete" if _cut(self.finish_reason) else "completed"
 
     def _close_all(self, out: list[bytes]) -> None:
         for item in self._items:
@@ -717,7 +470,7 @@ class StreamTranslator:
         out = self.start()
         self._close_all(out)
         response = self._response("completed")
-        response["output"] = [item.item("completed") for item in self._items]
+        response["output"] = [item.item(self._item_status) for item in self._items]
         _finish(response, self.finish_reason)
         response["usage"] = usage_json(usage, self.reasoning_tokens)
         self._emit(out, f"response.{response['status']}", response=response)
@@ -726,7 +479,8 @@ class StreamTranslator:
     def error(
         self, *, message: str, code: str | None, param: str | None = None, type: str = "api_error"
     ) -> bytes:
-        event = error_event(self.sequence_number, message=message, code=code, param=param,
-                            type=type)
+        event = error_event(
+            self.sequence_number, message=message, code=code, param=param, type=type
+        )
         self.sequence_number += 1
         return event

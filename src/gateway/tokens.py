@@ -265,6 +265,46 @@ class TokenCounter:
         """Tokens of an embeddings ``input``: the same shapes as a completions ``prompt``."""
         return self._count_text_or_ids(input, 0)
 
+    def count_responses_input(
+        self, instructions: object, input: object, tools: object = None
+    ) -> int:
+        """Prompt tokens of a Responses API request, by the chat recipe above.
+
+        ``instructions`` counts as a system message and a string ``input`` as a user message.
+        Input items count as the chat messages they stand for: a message item (``type``
+        "message" or none) by its ``role`` and ``content`` (``input_text``/``output_text``
+        parts their text, ``refusal`` parts their refusal, ``input_image`` parts
+        `IMAGE_PART_TOKENS`), a ``function_call`` as an assistant message with its name and
+        arguments, a ``function_call_output`` as a tool message with its output. Other items
+        (reasoning, built-in tool calls, references) count 0. The reply priming adds 3;
+        ``tools`` are estimated from their JSON, as for chat.
+        """
+        total = _REPLY_PRIMING
+        if isinstance(instructions, str):
+            total += _TOKENS_PER_MESSAGE + self.count_text("system") + self.count_text(instructions)
+        if isinstance(input, str):
+            total += _TOKENS_PER_MESSAGE + self.count_text("user") + self.count_text(input)
+        elif isinstance(input, list | tuple):
+            for item in input:
+                if isinstance(item, dict):
+                    total += self._count_item(item)
+        return total + self._count_tools(tools)
+
+    def _count_item(self, item: dict[object, object]) -> int:
+        kind = item.get("type", "message")
+        if kind == "message":
+            role, content = item.get("role"), item.get("content")
+        elif kind == "function_call":
+            role, content = "assistant", None
+        elif kind == "function_call_output":
+            role, content = "tool", item.get("output")
+        else:
+            return 0
+        total = _TOKENS_PER_MESSAGE + self._count_str(role) + self._count_content(content)
+        if kind == "function_call":
+            total += self._count_function(item)
+        return total
+
     def _count_message(self, message: dict[object, object]) -> int:
         total = _TOKENS_PER_MESSAGE
         for key, value in message.items():
@@ -294,9 +334,9 @@ class TokenCounter:
                 total += self.count_text(part)
             elif isinstance(part, dict):
                 kind = part.get("type")
-                if kind == "image_url":
+                if kind in ("image_url", "input_image"):
                     total += IMAGE_PART_TOKENS
-                elif kind == "text":
+                elif kind in ("text", "input_text", "output_text"):
                     total += self._count_str(part.get("text"))
                 elif kind == "refusal":
                     total += self._count_str(part.get("refusal"))
