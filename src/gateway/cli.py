@@ -18,7 +18,7 @@ import msgspec
 
 from gateway import operations
 from gateway.config import Config, ConfigError, load_config
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, NotFound, StorageUnavailable
 from gateway.logs import configure_logging
 from gateway.services import open_store
 from gateway.shapes import key_json, ledger_json, transfer_json, usage_json, wallet_json
@@ -200,6 +200,12 @@ def _serve(args: argparse.Namespace, config: Config, path: str) -> int:
             "is served by one process\n"
         )
         return 2
+    if not config.storage.url.startswith("sqlite:"):
+        try:
+            asyncio.run(_check_storage(config))
+        except StorageUnavailable as exc:
+            sys.stderr.write(f"gateway: storage unavailable: {exc.message}\n")
+            return 1
     options: dict[str, Any] = {
         "host": host,
         "port": port,
@@ -220,6 +226,16 @@ def _serve(args: argparse.Namespace, config: Config, path: str) -> int:
     signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(create_app(config), **options)
     return 0
+
+
+async def _check_storage(config: Config) -> None:
+    """Open a shared database once before serving (and migrate it, unless told not to): one
+    that is down or has no schema is one clear line and exit 1, not a traceback from each
+    worker (with ``--workers N`` uvicorn would even exit 0); and N workers find the schema
+    migrated already."""
+    store = open_store(config)
+    await store.open(migrate=config.storage.migrate_on_start)
+    await store.close()
 
 
 def _exit_cleanly(signum: int, frame: object) -> None:

@@ -64,6 +64,7 @@ class Services:
             released = await self.store.release_expired(time.time())
         if released:
             log.warning("reservations_released_at_start", count=released)
+        self._check_lease()
         if self.config.ratelimit.redis_url:
             from gateway.ratelimit_redis import RedisLimiter
 
@@ -84,6 +85,20 @@ class Services:
             tasks=self.tasks,
         )
         self._sweeper = self.tasks.spawn(self._sweep(), name="reservation-sweeper")
+
+    def _check_lease(self) -> None:
+        """Any instance releases a reservation older than its lease, even one of a request
+        still running: that request would then be recorded but not charged. Say so when a
+        backend's timeout allows requests that long."""
+        lease = self.config.storage.reservation_lease_s
+        for backend in self.config.backends:
+            if backend.kind != "demo" and backend.timeout_s >= lease:
+                log.warning(
+                    "reservation_lease_not_above_timeout",
+                    backend=backend.name,
+                    timeout_s=backend.timeout_s,
+                    reservation_lease_s=lease,
+                )
 
     async def _sweep(self) -> None:
         while True:

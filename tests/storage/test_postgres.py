@@ -532,3 +532,34 @@ async def test_usage_listing_uses_indexes_newest_first(
         [scan] = limit["Plans"]  # no Sort, no Seq Scan: read newest first straight off an index
         assert (limit["Node Type"], scan["Node Type"]) == ("Limit", "Index Scan"), plan
         assert (scan["Index Name"], scan["Scan Direction"]) == (index, "Backward"), plan
+
+
+# -- one turn per wallet within a process --------------------------------------------------------
+
+
+async def test_wallet_turns_serialize_one_wallet_and_are_forgotten() -> None:
+    """At most one statement per wallet in flight from one process; other wallets do not wait;
+    a turn's lock is dropped once nobody wants it, also when a waiter is cancelled."""
+    turns = postgres._WalletTurns()
+    inside: dict[str, int] = {"a": 0, "b": 0}
+    most: dict[str, int] = {"a": 0, "b": 0, "both": 0}
+
+    async def use(wallet: str) -> None:
+        async with turns.of(wallet):
+            inside[wallet] += 1
+            most[wallet] = max(most[wallet], inside[wallet])
+            most["both"] = max(most["both"], inside["a"] + inside["b"])
+            await asyncio.sleep(0.01)
+            inside[wallet] -= 1
+
+    await asyncio.gather(*(use(w) for w in "ab" * 5))
+    assert most == {"a": 1, "b": 1, "both": 2}, "one turn per wallet, the two side by side"
+    assert turns._locks == {}
+
+    holder = asyncio.create_task(use("a"))
+    await asyncio.sleep(0)
+    waiter = asyncio.create_task(use("a"))
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(holder, waiter, return_exceptions=True)
+    assert turns._locks == {}

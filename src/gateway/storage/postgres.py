@@ -12,6 +12,10 @@ when several processes write at once:
   their wallets in id order, so concurrent instances neither deadlock nor release twice;
 - a reservation is settled or released exactly once: whoever locks its row first deletes it,
   the other finds it gone;
+- one process sends at most one ``reserve``/``extend``/``settle`` per wallet at a time
+  (:class:`_WalletTurns`): a busy wallet's requests queue in the process rather than as a
+  crowd of backends waiting on one row lock, which PostgreSQL serves far more slowly (64
+  requests at once on one wallet: about twice the pairs/s, ``bench/instances.py``);
 - idempotency rests on unique indexes (``ledger_idempotency``, ``transfers.idempotency_key``,
   ``usage.request_id``), never on a read before a write;
 - the pool does not reset sessions on release (one round trip saved per operation): this module
@@ -24,6 +28,7 @@ boundary (:func:`_storage_errors`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import json
@@ -331,6 +336,7 @@ class PostgresStore(Store):
         self.connect_timeout_s = connect_timeout_s
         self._pool: Any = None  # asyncpg.Pool
         self._where = _redact(url) + (f" (schema {schema})" if schema else "")
+        self._turns = _WalletTurns()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
@@ -498,9 +504,10 @@ class PostgresStore(Store):
         _check_bounds(minimum, maximum)
         rid, now = "r_" + secrets.token_hex(8), time.time()
         expires = now + lease_s
-        amount = await self._fetchval(
-            _RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, expires
-        )
+        async with self._turns.of(wallet_id):
+            amount = await self._fetchval(
+                _RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, expires
+            )
         if amount is None:
             return None
         return Reservation(rid, wallet_id, key_id, request_id, int(amount), now, expires)
@@ -511,7 +518,8 @@ class PostgresStore(Store):
         """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
         _check_bounds(minimum, maximum)
         expires = time.time() + (reservation.expires_at - reservation.created_at)
-        row = await self._fetchrow(_EXTEND, reservation.id, minimum, maximum, expires)
+        async with self._turns.of(reservation.wallet_id):
+            row = await self._fetchrow(_EXTEND, reservation.id, minimum, maximum, expires)
         if row is None:
             return None
         return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
@@ -521,7 +529,8 @@ class PostgresStore(Store):
         params = _usage_params(usage)
         params[10] = cost  # $12: what the request cost; the charge and shortfall follow from it
         del params[11]
-        row = _present(await self._fetchrow(_SETTLE, reservation.id, *params, time.time()))
+        async with self._turns.of(reservation.wallet_id):
+            row = _present(await self._fetchrow(_SETTLE, reservation.id, *params, time.time()))
         held, charge = bool(row[0]), row[1]
         if charge is not None:
             if not held:  # released by recovery: recorded, nothing charged
@@ -605,6 +614,29 @@ class PostgresStore(Store):
             now,
         )
         return None if row is None else _key(row)
+
+
+class _WalletTurns:
+    """One turn at a time per wallet, within this process. Holds one asyncio lock per wallet
+    while anyone wants it (then forgets it), so memory follows the wallets in use. A task never
+    holds two turns, so turns cannot deadlock with each other or with row locks."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def of(self, wallet_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(wallet_id) or (asyncio.Lock(), 0)
+        self._locks[wallet_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[wallet_id]
+            if users == 1:
+                del self._locks[wallet_id]
+            else:
+                self._locks[wallet_id] = (lock, users - 1)
 
 
 # -- the boundary to asyncpg ------------------------------------------------------------------
