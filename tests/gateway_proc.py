@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,10 +129,12 @@ class GatewayProcess:
         env: Mapping[str, str | None] | None = None,
         admin_token: str | None = ADMIN_TOKEN,
         port: int | None = None,
+        args: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
         self.config = dict(config or {})
         self.port = port or free_port()
+        self.args = list(args)  # more ``serve`` options, e.g. ``("--workers", "2")``
         self.admin_token = admin_token
         self.env = dict(os.environ)
         self.env.pop("GATEWAY_ADMIN_TOKEN", None)
@@ -179,6 +181,7 @@ class GatewayProcess:
             str(self.config_path),
             "--port",
             str(self.port),
+            *self.args,
         ]
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(command, stdout=out, stderr=err, env=self.env)

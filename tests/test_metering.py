@@ -138,12 +138,21 @@ def test_completion_above_the_cap_is_capped() -> None:
     assert meter.usage().completion_tokens == 50
 
 
-def test_counted_completion_is_capped_too() -> None:
+def test_a_relayed_completion_past_the_cap_is_what_was_relayed() -> None:
+    """The backend ignored the bound and the client got all of it: the client pays for the
+    tokens it was sent, so the cap yields to the count of what was relayed."""
     text = "word " * 200
     meter = _meter(completion_cap=20)
     _observe_answer(meter, _answer(text))
     assert COUNTER.count_text(text) > 20
-    assert meter.usage().completion_tokens == 20
+    assert meter.usage().completion_tokens == COUNTER.count_text(text)
+
+
+def test_a_report_past_the_cap_is_capped_at_what_was_relayed() -> None:
+    text = "word " * 200
+    meter = _meter(completion_cap=20)
+    _observe_answer(meter, _answer(text, usage={"prompt_tokens": 10, "completion_tokens": 10**6}))
+    assert meter.usage().completion_tokens == COUNTER.count_text(text)
 
 
 def test_completion_below_the_cap_is_kept() -> None:

@@ -110,6 +110,15 @@ class StorageConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
 class AdminConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: The environment variable holding the admin bearer token; unset or empty: admin API closed.
     token_env: str = "GATEWAY_ADMIN_TOKEN"
+    #: Failed admin logins one address may make within `failure_window_s`; past that, every
+    #: admin request from it gets 429 until the window has passed.
+    max_failures: int = 10
+    failure_window_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_failures < 1:
+            raise _problem("max_failures", "must be at least 1")
+        _check_seconds(self, "failure_window_s", strict=True)
 
 
 class RoutingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -142,7 +142,7 @@ class OpenAIDialect(Dialect):
     def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
         try:
             answer = wire.decode_answer(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise UpstreamError("the backend sent an unreadable answer") from exc
         return reported(answer.usage), choice_texts(answer.choices)
 
@@ -154,7 +154,7 @@ class OpenAIDialect(Dialect):
             return Step(Action.DONE)
         try:
             chunk = wire.decode_chunk(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return Step(Action.DROP)
         if chunk.error is not None:
             return Step(Action.ERROR)

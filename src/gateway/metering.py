@@ -2,7 +2,8 @@
 
 Usage the upstream reports is authoritative, after sanity checks: a negative or missing field
 falls back to our own count, and a completion count above the bound the gateway asked for is
-capped at that bound (the upstream was told not to generate more). Where the upstream reports
+capped at that bound (the upstream was told not to generate more), unless the upstream did
+generate more and it was relayed: then at our count of what was relayed. Where the upstream reports
 nothing, the prompt is counted with tiktoken (OpenAI's message recipe) and the completion from
 the text the upstream generated, per choice.
 """
@@ -71,10 +72,15 @@ class Meter:
         cached = _sane(report.cached_tokens) or 0
         if prompt is None:
             prompt = self.prompt_estimate
+        counted: int | None = None
         if completion is None:
-            completion = self.counted_completion()
-        if self._cap is not None:
-            completion = min(completion, self._cap)
+            completion = counted = self.counted_completion()
+        if self._cap is not None and completion > self._cap:
+            # More than the backend was told to generate: believe no more than the bound, or
+            # than what was relayed to the client if the backend ignored it (that was sent).
+            if counted is None:
+                counted = self.counted_completion()
+            completion = min(completion, max(self._cap, counted))
         return TokenUsage(prompt, completion, min(cached, prompt))
 
     def cost(self, usage: TokenUsage) -> int:

@@ -24,6 +24,7 @@ __all__ = [
 _MAX_NAME = 200
 _MAX_MEMO = 1000
 _MAX_IDEMPOTENCY_KEY = 255
+_YEAR_10000 = 253402300800  # unix seconds
 
 
 def _amount(value: object, field: str, *, allow_zero: bool = False) -> int:
@@ -62,7 +63,8 @@ def _positive_int(body: Mapping[str, Any], field: str) -> int | None:
 def _timestamp(value: object, field: str) -> float | None:
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    # a number must be a time that can be written back as ISO 8601
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < _YEAR_10000:
         return float(value)
     if isinstance(value, str):
         try:
@@ -70,7 +72,7 @@ def _timestamp(value: object, field: str) -> float | None:
         except ValueError:
             pass
         else:
-            if parsed.tzinfo is not None:
+            if parsed.tzinfo is not None and 0 <= parsed.timestamp() < _YEAR_10000:
                 return parsed.timestamp()
     raise InvalidRequest(
         f"'{field}' must be an ISO 8601 time with a zone (e.g. 2027-01-01T00:00:00Z) "
@@ -80,7 +82,7 @@ def _timestamp(value: object, field: str) -> float | None:
 
 
 def parse_limit(value: object, *, default: int = 100, maximum: int = 1000) -> int:
-    if value is None or value == "":
+    if value is None:
         return default
     try:
         limit = int(str(value))

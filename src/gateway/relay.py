@@ -36,7 +36,7 @@ from gateway.metrics import Metrics
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Route, Router
 from gateway.settlement import Settlement
-from gateway.sse import Event, SSEParser
+from gateway.sse import Event, EventTooLarge, SSEParser
 from gateway.storage import ApiKey, Store, UsageStatus
 from gateway.tasks import TaskGroup
 from gateway.tokens import TokenCounter
@@ -47,6 +47,8 @@ __all__ = ["Answer", "Relay", "StreamAnswer"]
 log = structlog.get_logger("gateway.relay")
 
 _ERROR_BODY_BYTES = 64 * 1024
+#: The most micro-credits a wallet can hold (money's bound, well inside int64).
+_MOST_MICRO = 10**18
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,19 @@ def plan_request(endpoint: Endpoint, body: Mapping[str, Any]) -> _Plan:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    wants_usage = bool(options.get("include_usage")) if options else False
+    wants_usage = options.get("include_usage") if options else False
+    if wants_usage is None:
+        wants_usage = False
+    if not isinstance(wants_usage, bool):
+        raise InvalidRequest(
+            "'stream_options.include_usage' must be a boolean.",
+            param="stream_options.include_usage",
+        )
+    tools = body.get("tools")
+    if tools is not None and (
+        not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)
+    ):
+        raise InvalidRequest("'tools' must be an array of objects.", param="tools")
     return _Plan(model, stream, choices, bound_field, bound, wants_usage)
 
 
@@ -138,6 +152,9 @@ class Relay:
         self._counters: dict[str, TokenCounter] = {}
         #: Reserved and not yet settled, per key with a spend limit (this process).
         self._key_reserved: dict[str, int] = {}
+        #: The most recent spend known per key with a spend limit: storage's figure, or
+        #: higher where this process settled since it was read.
+        self._key_spent: dict[str, int] = {}
 
     def counter(self, encoding: str) -> TokenCounter:
         counter = self._counters.get(encoding)
@@ -145,12 +162,20 @@ class Relay:
             counter = self._counters[encoding] = TokenCounter(encoding)
         return counter
 
-    async def _remaining_spend(self, key: ApiKey, limit: int) -> int:
-        """What a key with a spend limit may still spend: its recorded spend is read fresh
-        (the key cache may be a second old), and this process's requests in flight count."""
+    async def _fresh_spent(self, key: ApiKey) -> int:
+        """A key's spend: storage's figure, read fresh (the key cache may be a second old),
+        unless this process has since settled more than that read can have seen."""
         fresh = await self._store.get_key(key.id)
-        spent = fresh.spent if fresh is not None else key.spent
-        return limit - spent - self._key_reserved.get(key.id, 0)
+        stored = fresh.spent if fresh is not None else key.spent
+        known = max(stored, self._key_spent.get(key.id, 0))
+        self._key_spent[key.id] = known
+        return known
+
+    def _settled(self, key_id: str, held: int, charged: int) -> None:
+        """A request of a key settled: its hold goes, its charge counts as spent at once."""
+        self._forget_reservation(key_id, held)
+        if key_id in self._key_spent:
+            self._key_spent[key_id] += charged
 
     def _forget_reservation(self, key_id: str, amount: int) -> None:
         left = self._key_reserved.get(key_id)
@@ -186,14 +211,9 @@ class Relay:
                 f"This key may not use the model '{plan.model}'.", param="model",
                 code="model_not_allowed",
             )
-        remaining_spend: int | None = None
-        if key.spend_limit is not None:
-            remaining_spend = await self._remaining_spend(key, key.spend_limit)
-            if remaining_spend <= 0:
-                raise PermissionDenied(
-                    "This key has reached its spend limit.", code="spend_limit_reached"
-                )
         await self._limiter.admit(key.id, key.rpm, key.tpm)
+        if key.spend_limit is not None:
+            await self._fresh_spent(key)
 
         prompt = {
             enc: endpoint.count_prompt(self.counter(enc), body)
@@ -205,22 +225,46 @@ class Relay:
         ranked = sorted(routes, key=lambda r: (r.estimate(prompt[r.encoding], want), r.order))
         maximum = max(r.prices.cost_of(prompt[r.encoding], want) for r in ranked)
         minimum = min(r.prices.cost_of(prompt[r.encoding], least) for r in ranked)
-        if remaining_spend is not None:
-            if remaining_spend < minimum:
+        if key.spend_limit is not None:
+            # From here to the hold below there is no await: requests of this process in
+            # flight on the same key see each other's holds, so together they stay inside
+            # the limit (other instances' requests are seen once they settle).
+            spent = self._key_spent.get(key.id, 0)  # with what settled during the read
+            remaining = key.spend_limit - spent - self._key_reserved.get(key.id, 0)
+            if remaining <= 0:
+                raise PermissionDenied(
+                    "This key has reached its spend limit.", code="spend_limit_reached"
+                )
+            if remaining < minimum:
                 raise PermissionDenied(
                     "This key's spend limit cannot cover this request.",
                     code="spend_limit_reached",
                 )
-            maximum = min(maximum, remaining_spend)
-        maximum = max(maximum, minimum)
-        reservation = await self._store.reserve(
-            wallet_id=key.wallet_id,
-            key_id=key.id,
-            request_id=request_id,
-            minimum=max(minimum, 1),
-            maximum=max(maximum, 1),
-            lease_s=self._config.storage.reservation_lease_s,
-        )
+            maximum = min(maximum, remaining)
+        if minimum > _MOST_MICRO:  # more than any wallet can hold
+            raise InsufficientQuota(
+                "You exceeded your current quota: the wallet cannot pay for this request.",
+            )
+        # A huge bound (max_tokens=10**30) costs more than storage's integers hold: no wallet
+        # has that much, so reserving the most a wallet can hold asks for the same.
+        maximum = min(max(maximum, minimum), _MOST_MICRO)
+        hold = maximum if key.spend_limit is not None else 0
+        if hold:
+            self._key_reserved[key.id] = self._key_reserved.get(key.id, 0) + hold
+        try:
+            reservation = await self._store.reserve(
+                wallet_id=key.wallet_id,
+                key_id=key.id,
+                request_id=request_id,
+                minimum=max(minimum, 1),
+                maximum=max(maximum, 1),
+                lease_s=self._config.storage.reservation_lease_s,
+            )
+        except BaseException:
+            self._forget_reservation(key.id, hold)
+            raise
+        # the key's hold becomes what was actually reserved (released again on settlement)
+        self._forget_reservation(key.id, hold)
         if reservation is None:
             raise InsufficientQuota(
                 "You exceeded your current quota: the wallet cannot pay for this request.",
@@ -228,7 +272,7 @@ class Relay:
         if key.spend_limit is not None:
             self._key_reserved[key.id] = self._key_reserved.get(key.id, 0) + reservation.amount
         settlement = Settlement(
-            on_done=self._forget_reservation,
+            on_done=self._settled,
             store=self._store,
             tasks=self._tasks,
             metrics=self._metrics,
@@ -272,6 +316,7 @@ class Relay:
         passed = forwardable_request_headers(headers)
         passed["X-Request-Id"] = settlement.request_id
         last: GatewayError | None = None
+        refused: InvalidRequest | None = None
         tried = 0
         for route in ranked:
             breaker = self._router.breaker(route)
@@ -282,22 +327,26 @@ class Relay:
                     "You exceeded your current quota: the wallet cannot pay for this request."
                 )
                 continue
+            dialect = endpoint.dialect(route.backend)
+            try:
+                upstream_body = dialect.upstream_body(
+                    body,
+                    upstream_model=route.upstream_model,
+                    bound_field=(plan.bound_field or endpoint.bound_fields[-1])
+                    if endpoint.generates
+                    else None,
+                    cap=cap,
+                    stream=plan.stream,
+                )
+            except InvalidRequest as exc:  # this backend cannot take it (a translation)
+                refused = refused or exc
+                continue
             if not breaker.allow():
                 last = last or UpstreamError(
                     f"No healthy backend serves '{plan.model}' right now."
                 )
                 continue
             tried += 1
-            dialect = endpoint.dialect(route.backend)
-            upstream_body = dialect.upstream_body(
-                body,
-                upstream_model=route.upstream_model,
-                bound_field=(plan.bound_field or endpoint.bound_fields[-1])
-                if endpoint.generates
-                else None,
-                cap=cap,
-                stream=plan.stream,
-            )
             backend = self._backends[route.backend.name]
             try:
                 response = await backend.send(
@@ -337,6 +386,8 @@ class Relay:
                 last = exc
                 settlement.detach()
                 continue
+        if tried == 0 and refused is not None:
+            raise refused
         if last is None or (tried == 0 and not isinstance(last, InsufficientQuota)):
             last = last or UpstreamError(f"No backend could serve '{plan.model}'.")
         if isinstance(last, InsufficientQuota) or not isinstance(last, UpstreamError):
@@ -375,7 +426,7 @@ class Relay:
         gateway's own credentials or model name), else the upstream's error relayed as is."""
         status = response.status
         try:
-            body = await response.read(_ERROR_BODY_BYTES)
+            body = response.redact(await response.read(_ERROR_BODY_BYTES))
         except UpstreamError:
             body = b""
         finally:
@@ -422,11 +473,11 @@ class Relay:
         if "text/event-stream" not in response.headers.get("content-type", ""):
             response.close()
             raise UpstreamError(f"backend {route.backend.name!r} did not stream its answer")
-        parser = SSEParser()
+        parser = SSEParser(max_event_bytes=self._config.server.max_answer_bytes)
         chunks = response.chunks()
         first: list[Event] = []
         async for chunk in chunks:
-            first = parser.feed(chunk)
+            first = _feed(parser, chunk)
             if first:
                 break
         else:
@@ -488,7 +539,9 @@ class Relay:
                         break
                     elif action is Action.ERROR:
                         status = UsageStatus.UPSTREAM_ERROR
-                        held.append(dialect.render_event(event, step))
+                        if step.usage is not None:
+                            meter.reported = step.usage
+                        held.append(response.redact(dialect.render_event(event, step)))
                         ended = True
                         break
                     elif action is Action.DROP:
@@ -544,9 +597,16 @@ async def _reads(
     if first:
         yield first
     async for chunk in chunks:
-        events = parser.feed(chunk)
+        events = _feed(parser, chunk)
         if events:
             yield events
     rest = parser.flush()
     if rest:
         yield rest
+
+
+def _feed(parser: SSEParser, chunk: bytes) -> list[Event]:
+    try:
+        return parser.feed(chunk)
+    except EventTooLarge as exc:
+        raise UpstreamError(f"the backend sent an event over {exc.limit} bytes") from exc

@@ -9,6 +9,7 @@ It also writes the request's one log event and its metrics.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -28,12 +29,15 @@ __all__ = ["Settlement"]
 
 log = structlog.get_logger("gateway.request")
 
+#: How long a settlement storage refused is retried in the background (backing off to 10 s).
+RETRY_FOR_S = 3600.0
+
 
 class Settlement:
     def __init__(
         self,
         *,
-        on_done: Callable[[str, int], None],
+        on_done: Callable[[str, int, int], None],
         store: Store,
         tasks: TaskGroup,
         metrics: Metrics,
@@ -157,9 +161,39 @@ class Settlement:
                         await asyncio.sleep(0.05 * (attempt + 1))
         finally:
             self._metrics.in_flight.dec()
-            self._on_done(self._key.id, self._initial)
+            # (key, what it held, what it was charged)
+            self._on_done(self._key.id, self._initial, written.cost if written else 0)
         self._observe(written or record, cost)
+        if written is None and self.failed is not None:
+            if not self._stream:  # the client gets the 503, not the answer: nothing to charge
+                record = dataclasses.replace(
+                    record, status=str(UsageStatus.ERROR), extra={"error": "storage_unavailable"}
+                )
+                cost = 0
+            self._tasks.spawn(self._retry(record, cost), name=f"settle-retry-{record.request_id}")
         return written
+
+    async def _retry(self, record: Usage, cost: int) -> None:
+        """Storage refused the settlement: keep it, and write it once storage is back, so that
+        a stream's delivered tokens are charged and the reservation is freed then (not at the
+        end of its lease). A plain answer was refused with 503: it is settled at no cost."""
+        delay, deadline = 0.25, time.monotonic() + RETRY_FOR_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+            try:
+                written = await self._store.settle(self._reservation, record, cost)
+            except StorageUnavailable:
+                continue
+            log.warning(
+                "settlement_recovered",
+                request_id=written.request_id,
+                wallet_id=written.wallet_id,
+                cost_micro=written.cost,
+                shortfall_micro=written.shortfall,
+            )
+            return
+        log.error("settlement_given_up", request_id=record.request_id, cost_micro=cost)
 
     def _observe(self, usage: Usage, cost: int) -> None:
         m = self._metrics

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["Event", "SSEParser", "is_done"]
+__all__ = ["Event", "EventTooLarge", "SSEParser", "is_done"]
 
 _BOM: Final = b"\xef\xbb\xbf"
 _EOL: Final = re.compile(rb"\r\n|\r|\n")
@@ -46,6 +46,14 @@ class Event:
     """The ``event`` field (the last one if repeated), or None."""
 
 
+class EventTooLarge(ValueError):
+    """An unfinished event grew past the parser's ``max_event_bytes``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"an event exceeds {limit} bytes")
+        self.limit = limit
+
+
 def is_done(data: bytes) -> bool:
     """Whether an event's data is OpenAI's end-of-stream sentinel ``[DONE]``."""
     return data.strip() == _DONE
@@ -55,10 +63,12 @@ class SSEParser:
     """Splits a byte stream into `Event`s, whatever the read boundaries.
 
     Feed every read to `feed`; at end of stream call `flush` for a trailing unterminated event.
-    After `flush` the parser is back in its initial state.
+    After `flush` the parser is back in its initial state. With ``max_event_bytes``, `feed`
+    raises `EventTooLarge` when an unfinished event grows past it (an upstream that never
+    ends its event must not fill the memory).
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_line", "_scan", "_started")
+    __slots__ = ("_buf", "_data", "_event", "_line", "_max", "_scan", "_started")
 
     _buf: bytearray  # bytes of the current, unfinished event, from its start
     _line: int  # where the current, unfinished line starts in _buf
@@ -67,7 +77,8 @@ class SSEParser:
     _event: str | None  # the current event's event field so far
     _started: bool  # whether a leading BOM has been looked for (_buf holds a partial one)
 
-    def __init__(self) -> None:
+    def __init__(self, max_event_bytes: int | None = None) -> None:
+        self._max = max_event_bytes
         self._reset()
 
     def _reset(self) -> None:
@@ -89,7 +100,10 @@ class SSEParser:
             if events is not None:
                 return events
         self._buf += chunk
-        return self._parse(eof=False)
+        events = self._parse(eof=False)
+        if self._max is not None and len(self._buf) > self._max:
+            raise EventTooLarge(self._max)
+        return events
 
     def flush(self) -> list[Event]:
         """End of stream: return what is left, ending a trailing unterminated event."""

@@ -87,6 +87,14 @@ def forwardable_request_headers(headers: Mapping[str, str]) -> dict[str, str]:
 class UpstreamResponse(abc.ABC):
     status: int
     headers: dict[str, str]
+    #: The backend's own key, never to be relayed: some backends quote it in error messages.
+    secret: bytes = b""
+
+    def redact(self, data: bytes) -> bytes:
+        """``data`` (an error the backend sent, about to be relayed) without the backend's key."""
+        if self.secret and self.secret in data:
+            return data.replace(self.secret, b"***")
+        return data
 
     @abc.abstractmethod
     def chunks(self) -> AsyncIterator[bytes]:
@@ -141,9 +149,10 @@ def open_session() -> aiohttp.ClientSession:
 
 
 class _AiohttpResponse(UpstreamResponse):
-    def __init__(self, response: aiohttp.ClientResponse, backend: str) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, backend: str, secret: bytes) -> None:
         self._response = response
         self._backend = backend
+        self.secret = secret
         self.status = response.status
         self.headers = {
             name.lower(): value
@@ -179,6 +188,7 @@ class HttpBackend(Backend):
         )
         key = os.environ.get(config.api_key_env, "") if config.api_key_env else ""
         self._auth = {"Authorization": f"Bearer {key}"} if key else {}
+        self._secret = key.encode()
 
     async def send(
         self, path: str, body: bytes, *, stream: bool, headers: Mapping[str, str]
@@ -195,4 +205,4 @@ class HttpBackend(Backend):
             raise UpstreamTimeout(f"backend {self.name!r} timed out") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"backend {self.name!r} is unreachable") from exc
-        return _AiohttpResponse(response, self.name)
+        return _AiohttpResponse(response, self.name, self._secret)

@@ -49,19 +49,61 @@ class Choice(msgspec.Struct):
     text: str | None = None  # legacy completions
 
 
+_NO_USAGE = msgspec.Raw(b"null")
+
+
 class Answer(msgspec.Struct):
     """A non-streamed answer (chat, completion or embeddings)."""
 
     choices: list[Choice] | None = None
-    usage: Usage | None = None
+    raw_usage: msgspec.Raw = msgspec.field(default=_NO_USAGE, name="usage")
+
+    @property
+    def usage(self) -> Usage | None:
+        return _lenient_usage(self.raw_usage)
 
 
 class Chunk(msgspec.Struct):
     """One streamed chunk."""
 
     choices: list[Choice] | None = None
-    usage: Usage | None = None
+    raw_usage: msgspec.Raw = msgspec.field(default=_NO_USAGE, name="usage")
     error: dict[str, object] | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return _lenient_usage(self.raw_usage)
+
+
+_usage = msgspec.json.Decoder(Usage)
+
+
+def _lenient_usage(raw: msgspec.Raw) -> Usage | None:
+    """The usage block, read apart from the answer: a malformed one (a count that is not an
+    integer, not an object at all) must not make the answer itself unreadable. What is not an
+    integer is left out, and the meter counts that part itself."""
+    data = bytes(raw)
+    if data == b"null":
+        return None
+    try:
+        return _usage.decode(data)
+    except msgspec.ValidationError:
+        pass
+    value = msgspec.json.decode(data)  # valid JSON: it was parsed as part of the document
+
+    def count(field: object) -> int | None:
+        return field if type(field) is int else None
+
+    if not isinstance(value, dict):
+        return None
+    details = value.get("prompt_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else None
+    return Usage(
+        prompt_tokens=count(value.get("prompt_tokens")),
+        completion_tokens=count(value.get("completion_tokens")),
+        total_tokens=count(value.get("total_tokens")),
+        prompt_tokens_details=PromptDetails(cached) if cached is not None else None,
+    )
 
 
 _answer = msgspec.json.Decoder(Answer)

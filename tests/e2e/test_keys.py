@@ -208,3 +208,30 @@ def test_keys_are_stored_only_as_hashes(
     database = Path(gateway.config["storage"]["url"].removeprefix("sqlite:///"))
     for path in database.parent.glob(database.name + "*"):
         assert secret.encode() not in path.read_bytes(), f"the secret is stored in {path.name}"
+
+
+async def test_concurrent_requests_stay_inside_the_spend_limit(
+    admin_api: Admin, upstream: UpstreamServer, wallet_and_key: MakeKey, openai_client: Client
+) -> None:
+    # each request reserves its prompt and 20 completion tokens (~0.00005); the limit pays
+    # for about ten of the forty sent at once. The upstream honours max_tokens and reports
+    # no usage, so what is charged is the gateway's own count, which its reservation covered.
+    wallet_id, key_id, secret = wallet_and_key("10", spend_limit="0.0005")
+    client = openai_client(secret)
+    script = {"words": 20, "usage": False, "ignore_max_tokens": False}
+    results = await asyncio.gather(
+        *(chat(client, script=script, max_tokens=20) for _ in range(40)),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, openai.PermissionDeniedError)]
+    served = [r for r in results if not isinstance(r, BaseException)]
+    assert len(refused) + len(served) == 40, [r for r in results if isinstance(r, Exception)]
+    assert served
+    assert refused
+    admin_api.idle_wallet(wallet_id)
+    keys = {k["id"]: k for k in admin_api.http.get("/admin/keys").json()["data"]}
+    usage = admin_api.http.get("/admin/usage", params={"key_id": key_id}).json()["data"]
+    assert D(keys[key_id]["spent"]) <= Decimal("0.0005"), [
+        (u["status"], u["cost"], u["prompt_tokens"], u["completion_tokens"]) for u in usage
+    ]
+    admin_api.assert_books_balance(wallet_id)

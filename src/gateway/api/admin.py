@@ -2,34 +2,90 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+import structlog
 from litestar import Request, Response, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 
 from gateway import operations
 from gateway.api.common import json_body, json_response
-from gateway.errors import AuthenticationError, NotFound
+from gateway.errors import AuthenticationError, NotFound, RateLimited
 from gateway.keys import bearer_token, same_secret
 from gateway.services import Services
 from gateway.shapes import key_json, ledger_json, transfer_json, usage_json, wallet_json
 
-__all__ = ["admin_handlers"]
+__all__ = ["FailedLogins", "admin_handlers"]
+
+log = structlog.get_logger("gateway.admin")
+
+_MAX_ADDRESSES = 100_000
+
+
+class FailedLogins:
+    """Failed admin logins per source address in a sliding window: an address with
+    ``limit`` failures within ``window_s`` is refused (429) until the oldest leaves it."""
+
+    def __init__(
+        self, limit: int, window_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._limit, self._window, self._clock = limit, window_s, clock
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, address: str) -> deque[float] | None:
+        times = self._failures.get(address)
+        if times is not None:
+            horizon = self._clock() - self._window
+            while times and times[0] <= horizon:
+                times.popleft()
+            if not times:
+                del self._failures[address]
+                return None
+        return times
+
+    def check(self, address: str) -> None:
+        times = self._recent(address)
+        if times is not None and len(times) >= self._limit:
+            wait = math.ceil(times[0] + self._window - self._clock())
+            raise RateLimited(
+                "Too many failed admin logins from this address: try again later.",
+                retry_after=wait,
+            )
+
+    def failed(self, address: str) -> None:
+        if len(self._failures) >= _MAX_ADDRESSES:
+            for stale in [a for a in self._failures if self._recent(a) is None]:
+                self._failures.pop(stale, None)
+            if len(self._failures) >= _MAX_ADDRESSES:
+                self._failures.clear()
+        times = self._recent(address)
+        if times is None:
+            times = self._failures[address] = deque()
+        times.append(self._clock())
 
 
 def admin_handlers(services: Services) -> list[HTTPRouteHandler]:
     store = services.store
+    settings = services.config.admin
+    logins = FailedLogins(settings.max_failures, settings.failure_window_s)
 
     def authorize(request: Request[Any, Any, Any]) -> None:
         expected = services.admin_token
-        given = bearer_token(request.headers.get("authorization"))
         if not expected:
             raise AuthenticationError(
                 "The admin API is closed: no admin token is configured "
-                f"(set {services.config.admin.token_env})."
+                f"(set {settings.token_env})."
             )
+        address = request.client.host if request.client is not None else "unknown"
+        logins.check(address)
+        given = bearer_token(request.headers.get("authorization"))
         if given is None or not same_secret(given, expected):
+            logins.failed(address)
+            log.warning("admin_login_failed", client=address)
             raise AuthenticationError("A valid admin token is required.")
 
     @post("/admin/wallets", status_code=201)

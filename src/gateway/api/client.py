@@ -16,7 +16,7 @@ from gateway.api.common import (
     request_id,
     unless_client_leaves,
 )
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
+from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from gateway.errors import ModelNotFound, NotFound
 from gateway.relay import Answer, Relay
 from gateway.services import Services
@@ -63,6 +63,10 @@ def client_handlers(services: Services) -> list[HTTPRouteHandler]:
     async def embeddings(request: Request[Any, Any, Any]) -> Response[Any]:
         return await metered(EMBEDDINGS, request)
 
+    @post("/v1/responses", status_code=200)
+    async def responses(request: Request[Any, Any, Any]) -> Response[Any]:
+        return await metered(RESPONSES, request)
+
     def model_json(model: str) -> dict[str, Any]:
         return {"id": model, "object": "model", "created": 0, "owned_by": "gateway"}
 
@@ -88,4 +92,4 @@ def client_handlers(services: Services) -> list[HTTPRouteHandler]:
             raise NotFound("This key's wallet no longer exists.")
         return json_response(wallet_json(found))
 
-    return [chat, completions, embeddings, models, model, wallet]
+    return [chat, completions, embeddings, responses, models, model, wallet]

@@ -50,6 +50,8 @@ async def json_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
         raise InvalidRequest("The request body must be a JSON object.") from None
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
+    except RecursionError:  # msgspec's guard against deep nesting (about 1,000 levels)
+        raise InvalidRequest("The request body is nested too deeply.") from None
 
 
 def json_response(content: Any, status: int = 200) -> Response[bytes]:

@@ -1,13 +1,16 @@
-"""Health, readiness and metrics."""
+"""Health, readiness, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
+import msgspec
 from litestar import Response, get
 from litestar.handlers import HTTPRouteHandler
 
+from gateway import __version__
 from gateway.api.common import json_response
 from gateway.errors import StorageUnavailable
 from gateway.metrics import CONTENT_TYPE_LATEST
+from gateway.openapi import openapi_document
 from gateway.services import Services
 
 __all__ = ["ops_handlers"]
@@ -30,4 +33,10 @@ def ops_handlers(services: Services) -> list[HTTPRouteHandler]:
     async def metrics() -> Response[bytes]:
         return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return [healthz, readyz, metrics]
+    document = msgspec.json.encode(openapi_document(services.router.models, __version__))
+
+    @get("/openapi.json")
+    async def openapi() -> Response[bytes]:
+        return Response(document, media_type="application/json")
+
+    return [healthz, readyz, metrics, openapi]

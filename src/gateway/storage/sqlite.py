@@ -188,6 +188,8 @@ class SQLiteStore(Store):
         self._db: aiosqlite.Connection | None = None
         self._pending: deque[_Op] = deque()  # writes for the worker's next drain
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
+        #: The last write failed for want of storage (disk full, I/O): ping probes a write.
+        self._unwritable = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
@@ -241,6 +243,8 @@ class SQLiteStore(Store):
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchall())
+        if self._unwritable:  # reads work on a full disk: only a write tells it is back
+            await self._write(_probe_write)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
@@ -261,18 +265,23 @@ class SQLiteStore(Store):
             raise StorageUnavailable("storage is not open")
         op = _Op(fn)
         self._pending.append(op)
-        with _storage_errors("storage unavailable"):
-            try:
-                await _call_in_worker(db, self._drain)
-            except asyncio.CancelledError:
-                raise  # the drain was queued before the first await: the write runs, whole
-            except BaseException:
-                op.dropped = True  # the drain was never queued: the write must never run
-                raise
-            if not op.done:
-                raise RuntimeError("a queued storage write did not run")
-            if op.error is not None:
-                raise op.error
+        try:
+            with _storage_errors("storage unavailable"):
+                try:
+                    await _call_in_worker(db, self._drain)
+                except asyncio.CancelledError:
+                    raise  # the drain was queued before the first await: the write runs, whole
+                except BaseException:
+                    op.dropped = True  # the drain was never queued: the write must never run
+                    raise
+                if not op.done:
+                    raise RuntimeError("a queued storage write did not run")
+                if op.error is not None:
+                    raise op.error
+        except StorageUnavailable:
+            self._unwritable = True
+            raise
+        self._unwritable = False
         return cast(T, op.result)
 
     def _drain(self, conn: sqlite3.Connection) -> None:
@@ -728,6 +737,13 @@ def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connect
                 conn.execute("ROLLBACK")
         raise
     return result
+
+
+def _probe_write(conn: sqlite3.Connection) -> None:
+    """A write that changes nothing: the schema version, rewritten as it is (one page through
+    the WAL; on a full disk it fails like any other write)."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    conn.execute(f"PRAGMA user_version = {version}")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
