@@ -83,6 +83,7 @@ async def _postgres_store() -> AsyncIterator[Store]:
     if importlib.util.find_spec("gateway.storage.postgres") is None:
         pytest.skip("gateway.storage.postgres does not exist yet")
     import asyncpg
+
     from gateway.storage.postgres import PostgresStore
 
     if not _postgres_error:
