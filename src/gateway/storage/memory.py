@@ -12,8 +12,7 @@ import dataclasses
 import secrets
 import time
 
-from gateway.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound, StorageUnavailable
-from gateway.money import format_micro
+from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -23,6 +22,13 @@ from gateway.storage.base import (
     Usage,
     UsageStatus,
     Wallet,
+)
+from gateway.storage.rules import (
+    abandoned,
+    cannot_pay,
+    check_bounds,
+    check_settle,
+    new_transfer,
 )
 
 __all__ = ["MemoryStore"]
@@ -107,10 +113,7 @@ class MemoryStore(Store):
         idempotency_key: str | None = None,
         memo: str | None = None,
     ) -> tuple[Transfer, bool]:
-        if amount <= 0:
-            raise InvalidRequest("a transfer must be greater than zero", param="amount")
-        if from_wallet == to_wallet:
-            raise InvalidRequest("a wallet cannot transfer to itself", param="to_wallet")
+        transfer = new_transfer(from_wallet, to_wallet, amount, idempotency_key)
         async with self._lock:
             self._check_open()
             if idempotency_key is not None and idempotency_key in self._transfers:
@@ -118,18 +121,7 @@ class MemoryStore(Store):
             source = self._get(from_wallet, "from_wallet")
             target = self._get(to_wallet, "to_wallet")
             if source.available < amount:
-                raise InsufficientQuota(
-                    f"wallet {from_wallet!r} cannot pay {format_micro(amount)} credits "
-                    f"(available: {format_micro(source.available)})"
-                )
-            transfer = Transfer(
-                "tr_" + secrets.token_hex(8),
-                from_wallet,
-                to_wallet,
-                amount,
-                time.time(),
-                idempotency_key,
-            )
+                raise cannot_pay(from_wallet, amount, source.available)
             source = self._set(source, balance=source.balance - amount)
             target = self._set(target, balance=target.balance + amount)
             for wallet, signed in ((source, -amount), (target, amount)):
@@ -162,7 +154,7 @@ class MemoryStore(Store):
         maximum: int,
         lease_s: float,
     ) -> Reservation | None:
-        _check_bounds(minimum, maximum)
+        check_bounds(minimum, maximum)
         async with self._lock:
             self._check_open()
             wallet = self._wallets.get(wallet_id)
@@ -187,7 +179,7 @@ class MemoryStore(Store):
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
         """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
-        _check_bounds(minimum, maximum)
+        check_bounds(minimum, maximum)
         async with self._lock:
             self._check_open()
             held = self._reservations.get(reservation.id)
@@ -206,7 +198,7 @@ class MemoryStore(Store):
             return dataclasses.replace(reservation, amount=held.amount, expires_at=held.expires_at)
 
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
-        _check_settle(reservation, usage, cost)
+        check_settle(reservation, usage, cost)
         async with self._lock:
             self._check_open()
             held = self._reservations.get(reservation.id)
@@ -249,16 +241,8 @@ class MemoryStore(Store):
                 wallet = self._wallets[held.wallet_id]
                 self._set(wallet, reserved=wallet.reserved - held.amount)
                 if held.request_id not in self._usage:
-                    self._usage[held.request_id] = Usage(
-                        request_id=held.request_id,
-                        key_id=held.key_id,
-                        wallet_id=held.wallet_id,
-                        model="unknown",
-                        backend=None,
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                        status=UsageStatus.ABANDONED.value,
-                        created_at=stamp,
+                    self._usage[held.request_id] = abandoned(
+                        held.request_id, held.key_id, held.wallet_id, stamp
                     )
             return len(expired)
 
@@ -371,16 +355,3 @@ class MemoryStore(Store):
 def _copy(usage: Usage) -> Usage:
     return dataclasses.replace(usage, extra=dict(usage.extra))
 
-
-def _check_bounds(minimum: int, maximum: int) -> None:
-    if minimum < 0 or maximum < minimum:
-        raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
-
-
-def _check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
-    if cost < 0:
-        raise ValueError(f"cost must not be negative, got {cost}")
-    if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
-        raise ValueError(
-            "the usage record does not belong to this reservation (request_id or wallet_id)"
-        )

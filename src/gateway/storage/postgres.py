@@ -41,8 +41,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from gateway.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound, StorageUnavailable
-from gateway.money import format_micro
+from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -53,6 +52,7 @@ from gateway.storage.base import (
     UsageStatus,
     Wallet,
 )
+from gateway.storage.rules import cannot_pay, check_bounds, check_settle, new_transfer
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -445,18 +445,7 @@ class PostgresStore(Store):
         idempotency_key: str | None = None,
         memo: str | None = None,
     ) -> tuple[Transfer, bool]:
-        if amount <= 0:
-            raise InvalidRequest("a transfer must be greater than zero", param="amount")
-        if from_wallet == to_wallet:
-            raise InvalidRequest("a wallet cannot transfer to itself", param="to_wallet")
-        transfer = Transfer(
-            id="tr_" + secrets.token_hex(8),
-            from_wallet=from_wallet,
-            to_wallet=to_wallet,
-            amount=amount,
-            created_at=time.time(),
-            idempotency_key=idempotency_key,
-        )
+        transfer = new_transfer(from_wallet, to_wallet, amount, idempotency_key)
         replay = f"SELECT {_TRANSFER} FROM transfers WHERE idempotency_key = $1"
         async with self._connection() as conn, conn.transaction():
             if idempotency_key is not None:
@@ -474,7 +463,7 @@ class PostgresStore(Store):
                 if wallet_id not in available:
                     raise NotFound(f"no wallet {wallet_id!r}", param=param)
             if available[from_wallet] < amount:
-                raise _cannot_pay(from_wallet, amount, available[from_wallet])
+                raise cannot_pay(from_wallet, amount, available[from_wallet])
             args = (*dataclasses.astuple(transfer), memo)
             if await conn.fetchval(_TRANSFER_MOVE, *args):
                 return transfer, True
@@ -501,7 +490,7 @@ class PostgresStore(Store):
         maximum: int,
         lease_s: float,
     ) -> Reservation | None:
-        _check_bounds(minimum, maximum)
+        check_bounds(minimum, maximum)
         rid, now = "r_" + secrets.token_hex(8), time.time()
         expires = now + lease_s
         async with self._turns.of(wallet_id):
@@ -516,7 +505,7 @@ class PostgresStore(Store):
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
         """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
-        _check_bounds(minimum, maximum)
+        check_bounds(minimum, maximum)
         expires = time.time() + (reservation.expires_at - reservation.created_at)
         async with self._turns.of(reservation.wallet_id):
             row = await self._fetchrow(_EXTEND, reservation.id, minimum, maximum, expires)
@@ -525,7 +514,7 @@ class PostgresStore(Store):
         return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
 
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
-        _check_settle(reservation, usage, cost)
+        check_settle(reservation, usage, cost)
         params = _usage_params(usage)
         params[10] = cost  # $12: what the request cost; the charge and shortfall follow from it
         del params[11]
@@ -818,22 +807,3 @@ def _usage(row: _Row) -> Usage:
     )  # fmt: skip
 
 
-def _check_bounds(minimum: int, maximum: int) -> None:
-    if minimum < 0 or maximum < minimum:
-        raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
-
-
-def _check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
-    if cost < 0:
-        raise ValueError(f"cost must not be negative, got {cost}")
-    if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
-        raise ValueError(
-            "the usage record does not belong to this reservation (request_id or wallet_id)"
-        )
-
-
-def _cannot_pay(wallet_id: str, amount: int, available: int) -> InsufficientQuota:
-    return InsufficientQuota(
-        f"wallet {wallet_id!r} cannot pay {format_micro(amount)} credits "
-        f"(available: {format_micro(available)})"
-    )

@@ -35,8 +35,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from gateway.errors import Conflict, InsufficientQuota, InvalidRequest, NotFound, StorageUnavailable
-from gateway.money import format_micro
+from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -44,9 +43,9 @@ from gateway.storage.base import (
     Store,
     Transfer,
     Usage,
-    UsageStatus,
     Wallet,
 )
+from gateway.storage.rules import abandoned, cannot_pay, check_bounds, check_settle, new_transfer
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
@@ -376,18 +375,7 @@ class SQLiteStore(Store):
         idempotency_key: str | None = None,
         memo: str | None = None,
     ) -> tuple[Transfer, bool]:
-        if amount <= 0:
-            raise InvalidRequest("a transfer must be greater than zero", param="amount")
-        if from_wallet == to_wallet:
-            raise InvalidRequest("a wallet cannot transfer to itself", param="to_wallet")
-        transfer = Transfer(
-            id="tr_" + secrets.token_hex(8),
-            from_wallet=from_wallet,
-            to_wallet=to_wallet,
-            amount=amount,
-            created_at=time.time(),
-            idempotency_key=idempotency_key,
-        )
+        transfer = new_transfer(from_wallet, to_wallet, amount, idempotency_key)
 
         def tx(conn: sqlite3.Connection) -> tuple[Transfer, bool]:
             if idempotency_key is not None:
@@ -412,7 +400,7 @@ class SQLiteStore(Store):
                 (amount, from_wallet, amount),
             ).fetchall()
             if not debited:
-                raise _cannot_pay(from_wallet, amount, found[from_wallet])
+                raise cannot_pay(from_wallet, amount, found[from_wallet])
             credited = _one(
                 conn,
                 "UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING balance",
@@ -454,7 +442,7 @@ class SQLiteStore(Store):
         maximum: int,
         lease_s: float,
     ) -> Reservation | None:
-        _check_bounds(minimum, maximum)
+        check_bounds(minimum, maximum)
         rid, now = "r_" + secrets.token_hex(8), time.time()
         expires = now + lease_s
 
@@ -484,7 +472,7 @@ class SQLiteStore(Store):
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
         """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
-        _check_bounds(minimum, maximum)
+        check_bounds(minimum, maximum)
         expires = time.time() + (reservation.expires_at - reservation.created_at)
 
         def tx(conn: sqlite3.Connection) -> Row | None:
@@ -510,7 +498,7 @@ class SQLiteStore(Store):
         return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
 
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
-        _check_settle(reservation, usage, cost)
+        check_settle(reservation, usage, cost)
         params = _usage_params(usage)
 
         def tx(conn: sqlite3.Connection) -> Usage:
@@ -577,7 +565,7 @@ class SQLiteStore(Store):
                 f"INSERT INTO usage ({_USAGE}) VALUES ({', '.join('?' * 16)}) "
                 "ON CONFLICT (request_id) DO NOTHING",
                 [
-                    _usage_params(_abandoned(request_id, key_id, wallet_id, stamp))
+                    _usage_params(abandoned(request_id, key_id, wallet_id, stamp))
                     for wallet_id, key_id, request_id, _ in released
                 ],
             )
@@ -816,36 +804,4 @@ def _usage(row: Row) -> Usage:
     )  # fmt: skip
 
 
-def _abandoned(request_id: str, key_id: str | None, wallet_id: str, now: float) -> Usage:
-    return Usage(
-        request_id=request_id,
-        key_id=key_id,
-        wallet_id=wallet_id,
-        model="unknown",
-        backend=None,
-        prompt_tokens=0,
-        completion_tokens=0,
-        status=UsageStatus.ABANDONED.value,
-        created_at=now,
-    )
 
-
-def _check_bounds(minimum: int, maximum: int) -> None:
-    if minimum < 0 or maximum < minimum:
-        raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
-
-
-def _check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
-    if cost < 0:
-        raise ValueError(f"cost must not be negative, got {cost}")
-    if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
-        raise ValueError(
-            "the usage record does not belong to this reservation (request_id or wallet_id)"
-        )
-
-
-def _cannot_pay(wallet_id: str, amount: int, available: int) -> InsufficientQuota:
-    return InsufficientQuota(
-        f"wallet {wallet_id!r} cannot pay {format_micro(amount)} credits "
-        f"(available: {format_micro(available)})"
-    )

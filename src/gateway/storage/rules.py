@@ -1,0 +1,67 @@
+"""Rules every storage engine applies the same way: argument checks, the refusal for a wallet
+that cannot pay, the record of an abandoned request, and a new transfer."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from gateway.errors import InsufficientQuota, InvalidRequest
+from gateway.money import format_micro
+from gateway.storage.base import Reservation, Transfer, Usage, UsageStatus
+
+__all__ = ["abandoned", "cannot_pay", "check_bounds", "check_settle", "new_transfer"]
+
+
+def check_bounds(minimum: int, maximum: int) -> None:
+    if minimum < 0 or maximum < minimum:
+        raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
+
+
+def check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
+    if cost < 0:
+        raise ValueError(f"cost must not be negative, got {cost}")
+    if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
+        raise ValueError(
+            "the usage record does not belong to this reservation (request_id or wallet_id)"
+        )
+
+
+def cannot_pay(wallet_id: str, amount: int, available: int) -> InsufficientQuota:
+    return InsufficientQuota(
+        f"wallet {wallet_id!r} cannot pay {format_micro(amount)} credits "
+        f"(available: {format_micro(available)})"
+    )
+
+
+def abandoned(request_id: str, key_id: str | None, wallet_id: str, now: float) -> Usage:
+    """The usage record of a request whose reservation was released by recovery."""
+    return Usage(
+        request_id=request_id,
+        key_id=key_id,
+        wallet_id=wallet_id,
+        model="unknown",
+        backend=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        status=UsageStatus.ABANDONED.value,
+        created_at=now,
+    )
+
+
+def new_transfer(
+    from_wallet: str, to_wallet: str, amount: int, idempotency_key: str | None
+) -> Transfer:
+    """A transfer to attempt; ``InvalidRequest`` for a non-positive amount or a self-transfer."""
+    if amount <= 0:
+        raise InvalidRequest("a transfer must be greater than zero", param="amount")
+    if from_wallet == to_wallet:
+        raise InvalidRequest("a wallet cannot transfer to itself", param="to_wallet")
+    return Transfer(
+        id="tr_" + secrets.token_hex(8),
+        from_wallet=from_wallet,
+        to_wallet=to_wallet,
+        amount=amount,
+        created_at=time.time(),
+        idempotency_key=idempotency_key,
+    )
