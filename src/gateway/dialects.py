@@ -21,7 +21,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.pricing import TokenUsage
 from gateway.sse import Event, is_done
 
-__all__ = ["Action", "Dialect", "OpenAIDialect", "Reported", "Step", "Texts"]
+__all__ = ["Action", "Dialect", "OpenAIDialect", "Reported", "Step", "Texts", "rewritten_body"]
 
 #: Generated text as (choice index, text) pairs.
 Texts = tuple[tuple[int, str], ...]
@@ -50,6 +50,26 @@ class Step:
     action: Action
     texts: Texts = ()
     usage: Reported | None = None
+
+
+def rewritten_body(
+    body: Mapping[str, Any],
+    *,
+    upstream_model: str,
+    bound_field: str | None,
+    cap: int | None,
+    include_usage: bool,
+) -> bytes:
+    """A relayed request body: the client's, except the model, the bound on generated tokens
+    and (for chat streams) ``stream_options.include_usage``."""
+    out = dict(body)
+    out["model"] = upstream_model
+    if cap is not None and bound_field is not None:
+        out[bound_field] = cap
+    if include_usage:
+        options = body.get("stream_options") or {}
+        out["stream_options"] = {**options, "include_usage": True}
+    return msgspec.json.encode(out)
 
 
 def reported(usage: wire.Usage | None) -> Reported | None:
@@ -130,14 +150,10 @@ class OpenAIDialect(Dialect):
         cap: int | None,
         stream: bool,
     ) -> bytes:
-        out = dict(body)
-        out["model"] = upstream_model
-        if cap is not None and bound_field is not None:
-            out[bound_field] = cap
-        if stream:
-            options = body.get("stream_options") or {}
-            out["stream_options"] = {**options, "include_usage": True}
-        return msgspec.json.encode(out)
+        return rewritten_body(
+            body, upstream_model=upstream_model, bound_field=bound_field, cap=cap,
+            include_usage=stream,
+        )  # fmt: skip
 
     def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
         try:

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from gateway.config import BackendConfig
-from gateway.dialects import Action, Dialect, Reported, Step, Texts
+from gateway.dialects import Action, Dialect, Reported, Step, Texts, rewritten_body
 from gateway.errors import GatewayError, UpstreamError
 from gateway.pricing import TokenUsage
 from gateway.responses_chat import (
@@ -148,16 +148,16 @@ class NativeResponses(Dialect):
         cap: int | None,
         stream: bool,
     ) -> bytes:
-        out = dict(body)
-        out["model"] = upstream_model
-        if cap is not None and bound_field is not None:
-            out[bound_field] = cap
-        return msgspec.json.encode(out)
+        # a Responses stream always ends with its usage: there is no stream_options to set
+        return rewritten_body(
+            body, upstream_model=upstream_model, bound_field=bound_field, cap=cap,
+            include_usage=False,
+        )  # fmt: skip
 
     def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
         try:
             answer = _decode_response(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise UpstreamError("the backend sent an unreadable answer") from exc
         return _native_reported(answer.usage), _output_texts(answer.output)
 
