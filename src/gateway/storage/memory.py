@@ -354,4 +354,3 @@ class MemoryStore(Store):
 
 def _copy(usage: Usage) -> Usage:
     return dataclasses.replace(usage, extra=dict(usage.extra))
-

@@ -52,7 +52,17 @@ from gateway.storage.base import (
     UsageStatus,
     Wallet,
 )
-from gateway.storage.rules import cannot_pay, check_bounds, check_settle, new_transfer
+from gateway.storage.rules import (
+    ENTRY_COLUMNS,
+    KEY_COLUMNS,
+    TRANSFER_COLUMNS,
+    USAGE_COLUMNS,
+    WALLET_COLUMNS,
+    cannot_pay,
+    check_bounds,
+    check_settle,
+    new_transfer,
+)
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -158,34 +168,21 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
 )
 
-_WALLET = "id, name, balance, reserved, created_at"
-_ENTRY = (
-    "id, wallet_id, kind, amount, balance_after, created_at, request_id, idempotency_key, memo, ref"
-)
-_KEY = (
-    "id, wallet_id, name, key_hash, prefix, created_at, models, rpm, tpm, spend_limit, spent, "
-    "expires_at, revoked_at"
-)
-_USAGE = (
-    "request_id, key_id, wallet_id, model, backend, prompt_tokens, completion_tokens, status, "
-    "created_at, cached_tokens, cost, shortfall, stream, latency_ms, endpoint, extra"
-)
-_TRANSFER = "id, from_wallet, to_wallet, amount, created_at, idempotency_key"
 # A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
 _ON_USAGE_CONFLICT = (
     "ON CONFLICT (request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _USAGE.split(", ")[1:])
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in USAGE_COLUMNS.split(", ")[1:])
     + f" WHERE usage.status = '{UsageStatus.ABANDONED.value}'"
 )
 
 _CREATE_WALLET = f"""
 WITH w AS (
-    INSERT INTO wallets ({_WALLET}) VALUES ($1, $2, $3, 0, $4) RETURNING {_WALLET}
+    INSERT INTO wallets ({WALLET_COLUMNS}) VALUES ($1, $2, $3, 0, $4) RETURNING {WALLET_COLUMNS}
 ), opening AS (
     INSERT INTO ledger (wallet_id, kind, amount, balance_after, memo, created_at)
     SELECT id, 'credit', balance, balance, 'opening balance', created_at FROM w WHERE balance > 0
 )
-SELECT {_WALLET} FROM w"""
+SELECT {WALLET_COLUMNS} FROM w"""
 
 # A replay (the key is in the ledger) updates nothing; two first uses racing both pass the
 # NOT EXISTS, and the unique index refuses the second ledger row (and with it the statement).
@@ -193,16 +190,16 @@ _CREDIT = f"""
 WITH w AS (
     UPDATE wallets SET balance = balance + $2 WHERE id = $1 AND NOT EXISTS (
         SELECT FROM ledger WHERE wallet_id = $1 AND kind = 'credit' AND idempotency_key = $3
-    ) RETURNING {_WALLET}
+    ) RETURNING {WALLET_COLUMNS}
 ), entry AS (
     INSERT INTO ledger (wallet_id, kind, amount, balance_after, idempotency_key, memo, created_at)
     SELECT id, 'credit', $2, balance, $3, $4, $5 FROM w
 )
-SELECT {_WALLET} FROM w"""
+SELECT {WALLET_COLUMNS} FROM w"""
 
 _TRANSFER_MOVE = f"""
 WITH t AS (
-    INSERT INTO transfers ({_TRANSFER}) VALUES ($1, $2, $3, $4, $5, $6)
+    INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
 ), src AS (
     UPDATE wallets SET balance = balance - $4 FROM t WHERE wallets.id = $2 RETURNING balance
@@ -259,7 +256,7 @@ WITH r AS (
            GREATEST(0, LEAST($12::bigint, w.balance - w.reserved + r.amount)) AS charge
     FROM wallets w JOIN r ON w.id = r.wallet_id FOR NO KEY UPDATE OF w
 ), u AS (
-    INSERT INTO usage ({_USAGE})
+    INSERT INTO usage ({USAGE_COLUMNS})
     SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, c.charge, $12 - c.charge, $13, $14, $15, $16
     FROM (SELECT COALESCE((SELECT charge FROM w), 0) AS charge) AS c
     {_ON_USAGE_CONFLICT}
@@ -293,15 +290,15 @@ UPDATE wallets SET reserved = wallets.reserved - s.amount
 FROM unnest($1::text[], $2::bigint[]) AS s (id, amount) WHERE wallets.id = s.id"""
 
 _ABANDONED = f"""
-INSERT INTO usage ({_USAGE})
+INSERT INTO usage ({USAGE_COLUMNS})
 SELECT request_id, key_id, wallet_id, 'unknown', NULL, 0, 0, '{UsageStatus.ABANDONED.value}', $4,
        0, 0, 0, FALSE, 0, 'chat.completions', NULL
 FROM unnest($1::text[], $2::text[], $3::text[]) AS a (request_id, key_id, wallet_id)
 ON CONFLICT (request_id) DO NOTHING"""
 
 _CREATE_KEY = f"""
-INSERT INTO keys ({_KEY}) SELECT {", ".join(f"${i}" for i in range(1, 14))}
-WHERE EXISTS (SELECT FROM wallets WHERE id = $2) RETURNING {_KEY}"""
+INSERT INTO keys ({KEY_COLUMNS}) SELECT {", ".join(f"${i}" for i in range(1, 14))}
+WHERE EXISTS (SELECT FROM wallets WHERE id = $2) RETURNING {KEY_COLUMNS}"""
 
 
 class PostgresStore(Store):
@@ -405,11 +402,11 @@ class PostgresStore(Store):
         return _wallet(_present(row))
 
     async def get_wallet(self, wallet_id: str) -> Wallet | None:
-        row = await self._fetchrow(f"SELECT {_WALLET} FROM wallets WHERE id = $1", wallet_id)
+        row = await self._fetchrow(f"SELECT {WALLET_COLUMNS} FROM wallets WHERE id = $1", wallet_id)
         return None if row is None else _wallet(row)
 
     async def list_wallets(self) -> list[Wallet]:
-        rows = await self._fetch(f"SELECT {_WALLET} FROM wallets ORDER BY created_at, id")
+        rows = await self._fetch(f"SELECT {WALLET_COLUMNS} FROM wallets ORDER BY created_at, id")
         return [_wallet(row) for row in rows]
 
     async def credit(
@@ -446,7 +443,7 @@ class PostgresStore(Store):
         memo: str | None = None,
     ) -> tuple[Transfer, bool]:
         transfer = new_transfer(from_wallet, to_wallet, amount, idempotency_key)
-        replay = f"SELECT {_TRANSFER} FROM transfers WHERE idempotency_key = $1"
+        replay = f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE idempotency_key = $1"
         async with self._connection() as conn, conn.transaction():
             if idempotency_key is not None:
                 seen: _Row | None = await conn.fetchrow(replay, idempotency_key)
@@ -473,7 +470,7 @@ class PostgresStore(Store):
 
     async def ledger(self, wallet_id: str, limit: int = 100) -> list[LedgerEntry]:
         rows = await self._fetch(
-            f"SELECT {_ENTRY} FROM ledger WHERE wallet_id = $1 ORDER BY id DESC LIMIT $2",
+            f"SELECT {ENTRY_COLUMNS} FROM ledger WHERE wallet_id = $1 ORDER BY id DESC LIMIT $2",
             wallet_id,
             max(0, limit),
         )
@@ -529,7 +526,7 @@ class PostgresStore(Store):
             raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
         # settled before: settling is idempotent and returns the first record
         first = await self._fetchrow(
-            f"SELECT {_USAGE} FROM usage WHERE request_id = $1", usage.request_id
+            f"SELECT {USAGE_COLUMNS} FROM usage WHERE request_id = $1", usage.request_id
         )
         return _usage(_present(first))
 
@@ -557,7 +554,7 @@ class PostgresStore(Store):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
-        sql = f"SELECT {_USAGE} FROM usage"
+        sql = f"SELECT {USAGE_COLUMNS} FROM usage"
         if where:
             sql += " WHERE " + " AND ".join(where)
         args.append(max(0, limit))
@@ -580,25 +577,27 @@ class PostgresStore(Store):
         return _key(row)
 
     async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
-        row = await self._fetchrow(f"SELECT {_KEY} FROM keys WHERE key_hash = $1", key_hash)
+        row = await self._fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE key_hash = $1", key_hash)
         return None if row is None else _key(row)
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        row = await self._fetchrow(f"SELECT {_KEY} FROM keys WHERE id = $1", key_id)
+        row = await self._fetchrow(f"SELECT {KEY_COLUMNS} FROM keys WHERE id = $1", key_id)
         return None if row is None else _key(row)
 
     async def list_keys(self, *, wallet_id: str | None = None) -> list[ApiKey]:
         if wallet_id is None:
-            rows = await self._fetch(f"SELECT {_KEY} FROM keys ORDER BY created_at, id")
+            rows = await self._fetch(f"SELECT {KEY_COLUMNS} FROM keys ORDER BY created_at, id")
         else:
             rows = await self._fetch(
-                f"SELECT {_KEY} FROM keys WHERE wallet_id = $1 ORDER BY created_at, id", wallet_id
+                f"SELECT {KEY_COLUMNS} FROM keys WHERE wallet_id = $1 ORDER BY created_at, id",
+                wallet_id,
             )
         return [_key(row) for row in rows]
 
     async def revoke_key(self, key_id: str, now: float) -> ApiKey | None:
         row = await self._fetchrow(
-            f"UPDATE keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1 RETURNING {_KEY}",
+            "UPDATE keys SET revoked_at = COALESCE(revoked_at, $2) WHERE id = $1"
+            f" RETURNING {KEY_COLUMNS}",
             key_id,
             now,
         )
@@ -805,5 +804,3 @@ def _usage(row: _Row) -> Usage:
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
         r[12], r[13], r[14], extra,
     )  # fmt: skip
-
-

@@ -10,7 +10,34 @@ from gateway.errors import InsufficientQuota, InvalidRequest
 from gateway.money import format_micro
 from gateway.storage.base import Reservation, Transfer, Usage, UsageStatus
 
-__all__ = ["abandoned", "cannot_pay", "check_bounds", "check_settle", "new_transfer"]
+__all__ = [
+    "ENTRY_COLUMNS",
+    "KEY_COLUMNS",
+    "TRANSFER_COLUMNS",
+    "USAGE_COLUMNS",
+    "WALLET_COLUMNS",
+    "abandoned",
+    "cannot_pay",
+    "check_bounds",
+    "check_settle",
+    "new_transfer",
+]
+
+# The SQL engines' tables share these columns, listed in the order of the record dataclasses'
+# fields in gateway.storage.base, so a row converts with ``Record(*row)``.
+WALLET_COLUMNS = "id, name, balance, reserved, created_at"
+ENTRY_COLUMNS = (
+    "id, wallet_id, kind, amount, balance_after, created_at, request_id, idempotency_key, memo, ref"
+)
+KEY_COLUMNS = (
+    "id, wallet_id, name, key_hash, prefix, created_at, models, rpm, tpm, spend_limit, spent, "
+    "expires_at, revoked_at"
+)
+USAGE_COLUMNS = (
+    "request_id, key_id, wallet_id, model, backend, prompt_tokens, completion_tokens, status, "
+    "created_at, cached_tokens, cost, shortfall, stream, latency_ms, endpoint, extra"
+)
+TRANSFER_COLUMNS = "id, from_wallet, to_wallet, amount, created_at, idempotency_key"
 
 
 def check_bounds(minimum: int, maximum: int) -> None:

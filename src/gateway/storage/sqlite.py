@@ -45,7 +45,18 @@ from gateway.storage.base import (
     Usage,
     Wallet,
 )
-from gateway.storage.rules import abandoned, cannot_pay, check_bounds, check_settle, new_transfer
+from gateway.storage.rules import (
+    ENTRY_COLUMNS,
+    KEY_COLUMNS,
+    TRANSFER_COLUMNS,
+    USAGE_COLUMNS,
+    WALLET_COLUMNS,
+    abandoned,
+    cannot_pay,
+    check_bounds,
+    check_settle,
+    new_transfer,
+)
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
@@ -149,24 +160,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-_WALLET = "id, name, balance, reserved, created_at"
-_ENTRY = (
-    "id, wallet_id, kind, amount, balance_after, created_at, request_id, idempotency_key, memo, ref"
-)
-_KEY = (
-    "id, wallet_id, name, key_hash, prefix, created_at, models, rpm, tpm, spend_limit, spent, "
-    "expires_at, revoked_at"
-)
-_USAGE = (
-    "request_id, key_id, wallet_id, model, backend, prompt_tokens, completion_tokens, status, "
-    "created_at, cached_tokens, cost, shortfall, stream, latency_ms, endpoint, extra"
-)
-_TRANSFER = "id, from_wallet, to_wallet, amount, created_at, idempotency_key"
 # A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
 _UPSERT_USAGE = (
-    f"INSERT INTO usage ({_USAGE}) VALUES ({', '.join('?' * 16)}) "
+    f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
     "ON CONFLICT (request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _USAGE.split(", ")[1:])
+    + ", ".join(f"{c} = excluded.{c}" for c in USAGE_COLUMNS.split(", ")[1:])
     + " WHERE usage.status = 'abandoned' RETURNING seq"
 )
 
@@ -305,7 +303,8 @@ class SQLiteStore(Store):
         def tx(conn: sqlite3.Connection) -> Wallet:
             row = _one(
                 conn,
-                f"INSERT INTO wallets ({_WALLET}) VALUES (?, ?, ?, 0, ?) RETURNING {_WALLET}",
+                f"INSERT INTO wallets ({WALLET_COLUMNS}) VALUES (?, ?, ?, 0, ?)"
+                f" RETURNING {WALLET_COLUMNS}",
                 (wallet_id, name, balance, now),
             )
             if balance > 0:
@@ -317,7 +316,7 @@ class SQLiteStore(Store):
     async def get_wallet(self, wallet_id: str) -> Wallet | None:
         rows = await self._read(
             lambda conn: conn.execute(
-                f"SELECT {_WALLET} FROM wallets WHERE id = ?", (wallet_id,)
+                f"SELECT {WALLET_COLUMNS} FROM wallets WHERE id = ?", (wallet_id,)
             ).fetchall()
         )
         return Wallet(*rows[0]) if rows else None
@@ -325,7 +324,7 @@ class SQLiteStore(Store):
     async def list_wallets(self) -> list[Wallet]:
         rows = await self._read(
             lambda conn: conn.execute(
-                f"SELECT {_WALLET} FROM wallets ORDER BY created_at, id"
+                f"SELECT {WALLET_COLUMNS} FROM wallets ORDER BY created_at, id"
             ).fetchall()
         )
         return [Wallet(*row) for row in rows]
@@ -350,10 +349,12 @@ class SQLiteStore(Store):
                 ).fetchall()
                 if seen:
                     return Wallet(
-                        *_one(conn, f"SELECT {_WALLET} FROM wallets WHERE id = ?", (wallet_id,))
+                        *_one(
+                            conn, f"SELECT {WALLET_COLUMNS} FROM wallets WHERE id = ?", (wallet_id,)
+                        )
                     ), False
             rows = conn.execute(
-                f"UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING {_WALLET}",
+                f"UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING {WALLET_COLUMNS}",
                 (amount, wallet_id),
             ).fetchall()
             if not rows:
@@ -380,7 +381,7 @@ class SQLiteStore(Store):
         def tx(conn: sqlite3.Connection) -> tuple[Transfer, bool]:
             if idempotency_key is not None:
                 seen = conn.execute(
-                    f"SELECT {_TRANSFER} FROM transfers WHERE idempotency_key = ?",
+                    f"SELECT {TRANSFER_COLUMNS} FROM transfers WHERE idempotency_key = ?",
                     (idempotency_key,),
                 ).fetchall()
                 if seen:
@@ -407,7 +408,7 @@ class SQLiteStore(Store):
                 (amount, to_wallet),
             )
             conn.execute(
-                f"INSERT INTO transfers ({_TRANSFER}) VALUES (?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
                 dataclasses.astuple(transfer),
             )
             for wallet_id, signed, after in (
@@ -425,7 +426,7 @@ class SQLiteStore(Store):
     async def ledger(self, wallet_id: str, limit: int = 100) -> list[LedgerEntry]:
         rows = await self._read(
             lambda conn: conn.execute(
-                f"SELECT {_ENTRY} FROM ledger WHERE wallet_id = ? ORDER BY id DESC LIMIT ?",
+                f"SELECT {ENTRY_COLUMNS} FROM ledger WHERE wallet_id = ? ORDER BY id DESC LIMIT ?",
                 (wallet_id, max(0, limit)),
             ).fetchall()
         )
@@ -514,7 +515,7 @@ class SQLiteStore(Store):
                 return _usage(
                     _one(
                         conn,
-                        f"SELECT {_USAGE} FROM usage WHERE request_id = ?",
+                        f"SELECT {USAGE_COLUMNS} FROM usage WHERE request_id = ?",
                         (usage.request_id,),
                     )
                 )
@@ -562,7 +563,7 @@ class SQLiteStore(Store):
             )
             stamp = time.time()
             conn.executemany(
-                f"INSERT INTO usage ({_USAGE}) VALUES ({', '.join('?' * 16)}) "
+                f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
                 "ON CONFLICT (request_id) DO NOTHING",
                 [
                     _usage_params(abandoned(request_id, key_id, wallet_id, stamp))
@@ -584,7 +585,7 @@ class SQLiteStore(Store):
         if key_id is not None:
             where.append("key_id = ?")
             args.append(key_id)
-        sql = f"SELECT {_USAGE} FROM usage"
+        sql = f"SELECT {USAGE_COLUMNS} FROM usage"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
@@ -605,7 +606,8 @@ class SQLiteStore(Store):
             try:
                 row = _one(
                     conn,
-                    f"INSERT INTO keys ({_KEY}) VALUES ({', '.join('?' * 13)}) RETURNING {_KEY}",
+                    f"INSERT INTO keys ({KEY_COLUMNS}) VALUES ({', '.join('?' * 13)})"
+                    f" RETURNING {KEY_COLUMNS}",
                     params,
                 )
             except sqlite3.IntegrityError as exc:
@@ -621,14 +623,14 @@ class SQLiteStore(Store):
         return await self._get_key("id", key_id)
 
     async def _get_key(self, column: str, value: str) -> ApiKey | None:
-        sql = f"SELECT {_KEY} FROM keys WHERE {column} = ?"
+        sql = f"SELECT {KEY_COLUMNS} FROM keys WHERE {column} = ?"
         rows = await self._read(lambda conn: conn.execute(sql, (value,)).fetchall())
         return _key(rows[0]) if rows else None
 
     async def list_keys(self, *, wallet_id: str | None = None) -> list[ApiKey]:
         where = "" if wallet_id is None else "WHERE wallet_id = ?"
         args = () if wallet_id is None else (wallet_id,)
-        sql = f"SELECT {_KEY} FROM keys {where} ORDER BY created_at, id"
+        sql = f"SELECT {KEY_COLUMNS} FROM keys {where} ORDER BY created_at, id"
         rows = await self._read(lambda conn: conn.execute(sql, args).fetchall())
         return [_key(row) for row in rows]
 
@@ -636,7 +638,7 @@ class SQLiteStore(Store):
         def tx(conn: sqlite3.Connection) -> ApiKey | None:
             rows = conn.execute(
                 "UPDATE keys SET revoked_at = COALESCE(revoked_at, ?) "
-                f"WHERE id = ? RETURNING {_KEY}",
+                f"WHERE id = ? RETURNING {KEY_COLUMNS}",
                 (now, key_id),
             ).fetchall()
             return _key(rows[0]) if rows else None
@@ -802,6 +804,3 @@ def _usage(row: Row) -> Usage:
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11],
         bool(r[12]), r[13], r[14], extra,
     )  # fmt: skip
-
-
-
