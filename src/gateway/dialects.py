@@ -21,7 +21,16 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.pricing import TokenUsage
 from gateway.sse import Event, is_done
 
-__all__ = ["Action", "Dialect", "OpenAIDialect", "Reported", "Step", "Texts", "rewritten_body"]
+__all__ = [
+    "Action",
+    "Dialect",
+    "OpenAIDialect",
+    "Reported",
+    "Step",
+    "Texts",
+    "framing",
+    "rewritten_body",
+]
 
 #: Generated text as (choice index, text) pairs.
 Texts = tuple[tuple[int, str], ...]
@@ -70,6 +79,16 @@ def rewritten_body(
         options = body.get("stream_options") or {}
         out["stream_options"] = {**options, "include_usage": True}
     return msgspec.json.encode(out)
+
+
+def framing(event: Event) -> Step | None:
+    """What an SSE event means before any API reads it: PASS for a data-less event (comments,
+    keep-alives), DONE for ``[DONE]``; None for an event whose data the dialect must read."""
+    if event.data is None:
+        return Step(Action.PASS)
+    if is_done(event.data):
+        return Step(Action.DONE)
+    return None
 
 
 def reported(usage: wire.Usage | None) -> Reported | None:
@@ -163,11 +182,11 @@ class OpenAIDialect(Dialect):
         return reported(answer.usage), choice_texts(answer.choices)
 
     def read_event(self, event: Event) -> Step:
+        step = framing(event)
+        if step is not None:
+            return step
         data = event.data
-        if data is None:
-            return Step(Action.PASS)
-        if is_done(data):
-            return Step(Action.DONE)
+        assert data is not None  # framing() answers data-less events
         try:
             chunk = wire.decode_chunk(data)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):

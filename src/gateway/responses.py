@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from gateway.config import BackendConfig
-from gateway.dialects import Action, Dialect, Reported, Step, Texts, rewritten_body
+from gateway.dialects import Action, Dialect, Reported, Step, Texts, framing, rewritten_body
 from gateway.errors import GatewayError, UpstreamError
 from gateway.pricing import TokenUsage
 from gateway.responses_chat import (
@@ -36,7 +36,7 @@ from gateway.responses_chat import (
     response_object,
 )
 from gateway.responses_request import chat_request
-from gateway.sse import Event, is_done
+from gateway.sse import Event
 
 __all__ = ["ChatTranslation", "NativeResponses", "responses_dialect"]
 
@@ -162,11 +162,11 @@ class NativeResponses(Dialect):
         return _native_reported(answer.usage), _output_texts(answer.output)
 
     def read_event(self, event: Event) -> Step:
+        step = framing(event)
+        if step is not None:
+            return step
         data = event.data
-        if data is None:
-            return Step(Action.PASS)
-        if is_done(data):
-            return Step(Action.DONE)
+        assert data is not None  # framing() answers data-less events
         try:
             parsed = _decode_event(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -256,11 +256,11 @@ class ChatTranslation(Dialect):
         return msgspec.json.encode(response_object(self._request, answer, usage))
 
     def read_event(self, event: Event) -> Step:
+        step = framing(event)
+        if step is not None:
+            return step
         data = event.data
-        if data is None:
-            return Step(Action.PASS)
-        if is_done(data):
-            return Step(Action.DONE)
+        assert data is not None  # framing() answers data-less events
         try:
             chunk = decode_chunk(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
