@@ -368,7 +368,7 @@ class Relay:
                 if response.status >= 300:
                     answer = await self._upstream_refusal(route, response)
                     if answer is not None:
-                        breaker.record_success()
+                        self._succeeded(route)
                         await settlement.settle(
                             UsageStatus.UPSTREAM_ERROR, error=f"status_{answer.status}",
                             charge=False,
@@ -409,6 +409,11 @@ class Relay:
         if affordable >= self._config.metering.default_reserve_tokens:
             return None
         return affordable
+
+    def _succeeded(self, route: Route) -> None:
+        breaker = self._router.breaker(route)
+        breaker.record_success()
+        self._metrics.circuit_open.labels(route.backend.name).set(0)
 
     def _failed(self, route: Route, exc: GatewayError, reason: str) -> None:
         breaker = self._router.breaker(route)
@@ -453,7 +458,7 @@ class Relay:
         response.release()
         meter.reported, texts = dialect.read_answer(body)
         meter.record(texts, 0)
-        self._router.breaker(route).record_success()
+        self._succeeded(route)
         await settlement.settle(UsageStatus.OK)
         if settlement.failed is not None:
             raise settlement.failed
@@ -484,7 +489,7 @@ class Relay:
             first = parser.flush()
             if not first:
                 raise UpstreamError(f"backend {route.backend.name!r} closed an empty stream")
-        self._router.breaker(route).record_success()
+        self._succeeded(route)
         body = self._relay_stream(first, parser, chunks, response, dialect, meter, plan, settlement)
         return StreamAnswer(
             headers={"content-type": "text/event-stream", "cache-control": "no-cache"},
