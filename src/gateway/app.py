@@ -15,7 +15,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.admin import admin_handlers
 from gateway.api.client import client_handlers
-from gateway.api.common import REQUEST_ID
+from gateway.api.metered import MeteredAPI
 from gateway.api.ops import ops_handlers
 from gateway.config import Config
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
@@ -26,15 +26,19 @@ __all__ = ["create_app"]
 log = structlog.get_logger("gateway.app")
 
 
-def _request_id_middleware(app: ASGIApp) -> ASGIApp:
-    """Give every HTTP exchange an id, and put it on the answer as ``x-request-id``."""
+def _front(app: ASGIApp, metered: MeteredAPI) -> ASGIApp:
+    """Give every HTTP exchange an id, put it on the answer as ``x-request-id``, and send the
+    metered endpoints to their plain ASGI handler, the rest to Litestar's router."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+    async def front(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         rid = "req_" + os.urandom(12).hex()
-        scope[REQUEST_ID] = rid  # type: ignore[literal-required]
+        endpoint = metered.endpoint_for(scope["path"])
+        if endpoint is not None:
+            await metered(scope, receive, send, endpoint, rid)
+            return
         header = (b"x-request-id", rid.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -44,7 +48,7 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
 
         await app(scope, receive, send_with_id)
 
-    return middleware
+    return front
 
 
 def _render(exc: GatewayError) -> Response[bytes]:
@@ -113,5 +117,5 @@ def create_app(config: Config, services: Services | None = None) -> Litestar:
         debug=False,
     )
     app.state.services = services
-    app.asgi_handler = _request_id_middleware(app.asgi_handler)
+    app.asgi_handler = _front(app.asgi_handler, MeteredAPI(services))
     return app

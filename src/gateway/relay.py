@@ -12,7 +12,7 @@ is always in the ledger.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,7 +65,7 @@ class StreamAnswer:
     """A stream to send; ``body`` settles the request however it ends."""
 
     headers: dict[str, str]
-    body: AsyncIterator[bytes]
+    body: AsyncGenerator[bytes, None]
     settlement: Settlement
 
 
@@ -507,7 +507,7 @@ class Relay:
         meter: Meter,
         plan: _Plan,
         settlement: Settlement,
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """Relay a stream read by read: the events of one upstream read are metered one by
         one and passed on together (one write to the client per read, not per event)."""
         status = UsageStatus.OK

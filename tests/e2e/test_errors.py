@@ -178,6 +178,20 @@ async def test_404_for_an_unknown_model(caller: Caller, upstream: UpstreamServer
     caller.assert_nothing_charged()
 
 
+# -- 405 ---------------------------------------------------------------------------------------
+async def test_405_for_another_method_on_a_metered_endpoint(
+    caller: Caller, upstream: UpstreamServer
+) -> None:
+    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"):
+        response = await caller.http.get(path, headers=caller.auth)
+        assert_error(response, 405, "invalid_request_error")
+        assert response.headers["allow"] == "POST"
+    # a trailing slash is the same endpoint
+    response = await caller.post("/v1/chat/completions/", json=CHAT)
+    assert response.status_code == 200, response.text
+    assert len(upstream.requests) == 1
+
+
 # -- 413 ---------------------------------------------------------------------------------------
 async def test_413_for_a_body_over_max_body_bytes(
     gateway: GatewayProcess, caller: Caller, upstream: UpstreamServer

@@ -29,6 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from gateway.api.metered import ROUTES as METERED_ROUTES
 from gateway.app import create_app
 from gateway.config import load_config
 from gateway_proc import Admin, GatewayFactory, GatewayProcess
@@ -75,7 +76,7 @@ def _served_routes(config_path: Path) -> set[tuple[str, str]]:
     with warnings.catch_warnings():  # litestar's deprecation notes about handler signatures
         warnings.simplefilter("ignore", LitestarDeprecationWarning)
         app = create_app(load_config(str(config_path)))
-    served = set()
+    served = {("POST", path) for path in METERED_ROUTES}  # plain ASGI, ahead of Litestar
     for route in app.routes:
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         for method in getattr(route, "methods", ()):

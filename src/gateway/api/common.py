@@ -9,15 +9,15 @@ from typing import Any, TypeVar
 
 import msgspec
 from litestar import Request, Response
+from litestar.types import Receive
 
 from gateway.errors import InvalidRequest
 
 __all__ = [
-    "REQUEST_ID",
     "ClientGone",
     "json_body",
     "json_response",
-    "request_id",
+    "parse_json_object",
     "unless_client_leaves",
 ]
 
@@ -30,18 +30,15 @@ _WATCH_AFTER_S = 0.02
 class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
-#: Where the request-id middleware leaves the id in the ASGI scope.
-REQUEST_ID = "gateway.request_id"
-
 _decode = msgspec.json.Decoder(dict[str, Any])
 
 
-def request_id(request: Request[Any, Any, Any]) -> str:
-    return str(request.scope[REQUEST_ID])  # type: ignore[literal-required]
-
-
 async def json_body(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    raw = await request.body()
+    return parse_json_object(await request.body())
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or ``InvalidRequest`` saying what is wrong."""
     if not raw.strip():
         raise InvalidRequest("The request body is empty: send a JSON object.")
     try:
@@ -60,10 +57,12 @@ def json_response(content: Any, status: int = 200) -> Response[bytes]:
     )
 
 
-async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[T]) -> T:
+async def unless_client_leaves(
+    receive: Receive, work: Awaitable[T], *, watch_after_s: float = _WATCH_AFTER_S
+) -> T:
     """Await ``work``, cancelling it at once if the client disconnects meanwhile (so a
-    non-streamed upstream request is closed, not waited for). Call after the body was read:
-    the only message left to receive then is the disconnect."""
+    non-streamed upstream request is closed, not waited for): ``ClientGone`` then. Call after
+    the body was read: the only message left to receive then is the disconnect."""
     current = asyncio.current_task()
     assert current is not None
     gone = False
@@ -71,7 +70,7 @@ async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[
     async def watch() -> None:
         nonlocal gone
         while True:
-            message = await request.receive()
+            message = await receive()
             if message["type"] == "http.disconnect":
                 gone = True
                 current.cancel()
@@ -84,7 +83,7 @@ async def unless_client_leaves(request: Request[Any, Any, Any], work: Awaitable[
         watcher = asyncio.create_task(watch(), name="disconnect-watch")
 
     # Most answers come back sooner than this: they never pay for a watcher task.
-    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, start)
+    timer = asyncio.get_running_loop().call_later(watch_after_s, start)
     try:
         return await work
     except asyncio.CancelledError:
