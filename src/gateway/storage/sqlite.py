@@ -26,8 +26,8 @@ import dataclasses
 import json
 import secrets
 import sqlite3
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -183,7 +183,10 @@ class SQLiteStore(Store):
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
         self._db: aiosqlite.Connection | None = None
-        self._pending: deque[_Op] = deque()  # writes for the worker's next drain
+        #: Writes waiting for the worker's next transaction; the loop adds to it, the worker
+        #: closes it when it starts on it (both under ``_batch_lock``).
+        self._open_batch: _Batch | None = None
+        self._batch_lock = threading.Lock()
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
         #: The last write failed for want of storage (disk full, I/O): ping probes a write.
         self._unwritable = False
@@ -236,7 +239,7 @@ class SQLiteStore(Store):
         if db is not None:
             with _storage_errors("cannot close the SQLite database"):
                 await db.close()
-            self._pending.clear()
+            self._open_batch = None
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchall())
@@ -253,24 +256,35 @@ class SQLiteStore(Store):
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` as one transaction; return once it is committed.
 
-        Group commit: the write joins the queue, and the drain this call sends to the worker
-        runs every write queued by then, each in its own savepoint, under one ``COMMIT``. By
-        the time this call's drain has run, an earlier drain or this one has run the write.
+        Group commit: the write joins the open batch, or opens one and sends it to the worker.
+        The worker closes a batch when it starts on it and runs its writes, each in its own
+        savepoint, under one ``COMMIT``: one hop to the worker and one back per batch, however
+        many writes it holds. A write that joined a batch runs, whole, even if its caller is
+        cancelled meanwhile.
         """
         db = self._db
         if db is None:
             raise StorageUnavailable("storage is not open")
         op = _Op(fn)
-        self._pending.append(op)
+        with self._batch_lock:
+            batch = self._open_batch
+            opened = batch is None or len(batch.ops) >= _MAX_BATCH
+            if opened:
+                batch = self._open_batch = _Batch()
+            assert batch is not None
+            batch.ops.append(op)
+        if opened:
+            batch.task = asyncio.ensure_future(_call_in_worker(db, partial(self._drain, batch)))
+        assert batch.task is not None
         try:
             with _storage_errors("storage unavailable"):
                 try:
-                    await _call_in_worker(db, self._drain)
+                    await asyncio.shield(batch.task)
                 except asyncio.CancelledError:
-                    raise  # the drain was queued before the first await: the write runs, whole
-                except BaseException:
-                    op.dropped = True  # the drain was never queued: the write must never run
-                    raise
+                    raise  # the batch runs all the same, this write with it
+                except BaseException as exc:
+                    if not op.done:  # the batch never ran (the connection closed first)
+                        op.done, op.error = True, exc
                 if not op.done:
                     raise RuntimeError("a queued storage write did not run")
                 if op.error is not None:
@@ -281,18 +295,12 @@ class SQLiteStore(Store):
         self._unwritable = False
         return cast(T, op.result)
 
-    def _drain(self, conn: sqlite3.Connection) -> None:
-        """In the worker: run the writes queued so far, in batches of one transaction each."""
-        count = len(self._pending)  # later ones come with drains of their own
-        while count:
-            batch: list[_Op] = []
-            while count and len(batch) < _MAX_BATCH:
-                op = self._pending.popleft()
-                count -= 1
-                if not op.dropped:
-                    batch.append(op)
-            if batch:
-                _run_batch(conn, batch)
+    def _drain(self, batch: _Batch, conn: sqlite3.Connection) -> None:
+        """In the worker: close ``batch`` to newcomers, then run it as one transaction."""
+        with self._batch_lock:
+            if self._open_batch is batch:
+                self._open_batch = None
+        _run_batch(conn, batch.ops)
 
     # -- wallets and money -----------------------------------------------------------------
     async def create_wallet(self, name: str, balance: int = 0) -> Wallet:
@@ -676,14 +684,23 @@ def _storage_errors(context: str) -> Iterator[None]:
 class _Op:
     """A write waiting for the worker: its callable, then its outcome."""
 
-    __slots__ = ("done", "dropped", "error", "fn", "result")
+    __slots__ = ("done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
         self.fn = fn
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
-        self.dropped = False
+
+
+class _Batch:
+    """Writes committed together, and the task that hands them to the worker."""
+
+    __slots__ = ("ops", "task")
+
+    def __init__(self) -> None:
+        self.ops: list[_Op] = []
+        self.task: asyncio.Future[None] | None = None
 
 
 def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
