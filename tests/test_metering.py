@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway import wire
 from gateway.dialects import Action, OpenAIDialect, Step
@@ -455,3 +457,24 @@ def test_decode_chunk_refuses_what_is_not_a_chunk(data: bytes) -> None:
     with pytest.raises(msgspec.DecodeError):
         wire.decode_chunk(data)
     assert issubclass(msgspec.DecodeError, ValueError)
+
+
+# -- the hot path's affordability check -------------------------------------------------------
+@settings(max_examples=500, deadline=None)
+@given(
+    prompt=st.integers(0, 10**6),
+    running=st.integers(0, 10**6),
+    extra=st.integers(0, 10**6),
+    reserved=st.integers(0, 10**9),
+    input_price=st.integers(0, 10**8),
+    output_price=st.integers(0, 10**8),
+)
+def test_fits_agrees_with_the_exact_cost(
+    prompt: int, running: int, extra: int, reserved: int, input_price: int, output_price: int
+) -> None:
+    prices = Prices(input=input_price, output=output_price, cached_input=0)
+    meter = Meter(COUNTER, prices, prompt_tokens=prompt, completion_cap=None)
+    meter.running_completion = running
+    assert meter.fits(extra, reserved) == (meter.cost_with(extra) <= reserved)
+    # the cached figure follows a grown reservation
+    assert meter.fits(extra, reserved * 2 + 7) == (meter.cost_with(extra) <= reserved * 2 + 7)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -36,8 +35,7 @@ __all__ = [
 Texts = tuple[tuple[int, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Reported:
+class Reported(msgspec.Struct, frozen=True, gc=False):
     """Usage as a backend reported it; None where a field was absent."""
 
     prompt_tokens: int | None = None
@@ -54,8 +52,7 @@ class Action(enum.Enum):
     DROP = "drop"  # unreadable: not relayed
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(msgspec.Struct, frozen=True, gc=False):
     action: Action
     texts: Texts = ()
     usage: Reported | None = None

@@ -34,6 +34,8 @@ class Meter:
         self.reported: Reported | None = None
         #: Completion tokens generated so far, counted piece by piece (for cut-off decisions).
         self.running_completion = 0
+        self._budget = -1  # the reservation :meth:`fits` last saw, and what it pays for
+        self._affordable = 0
 
     def peek(self, texts: Texts) -> int:
         """The completion tokens these pieces of text would add (nothing is recorded)."""
@@ -55,6 +57,19 @@ class Meter:
         for index, text in texts:
             self._texts.setdefault(index, []).append(text)
         self.running_completion += added
+
+    def fits(self, extra_completion: int, reserved: int) -> bool:
+        """Whether ``cost_with(extra_completion) <= reserved``, by one comparison of token
+        counts (what the reservation pays for is worked out once per reservation)."""
+        if reserved != self._budget:
+            self._budget = reserved
+            prices, prompt = self.prices, self.prompt_estimate
+            self._affordable = (
+                prices.affordable_completion(reserved, prompt)
+                if prices.prompt_cost(prompt) <= reserved
+                else -1  # not even the prompt is paid for
+            )
+        return self.running_completion + extra_completion <= self._affordable
 
     def cost_with(self, extra_completion: int = 0) -> int:
         """What the request costs so far (plus ``extra_completion`` tokens), on our count."""

@@ -584,7 +584,7 @@ class Relay:
         path: the text's UTF-8 length bounds its tokens from above, so tiktoken runs only
         when that bound gets near the reservation."""
         bound = meter.peek_bound(step.texts)
-        if meter.cost_with(bound) <= settlement.reserved:
+        if meter.fits(bound, settlement.reserved):
             meter.record(step.texts, bound)
             return True
         meter.recount()  # exact count so far, then exact for this chunk

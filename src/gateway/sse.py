@@ -24,8 +24,9 @@ starts a CRLF.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 __all__ = ["Event", "EventTooLarge", "SSEParser", "is_done"]
 
@@ -34,8 +35,7 @@ _EOL: Final = re.compile(rb"\r\n|\r|\n")
 _DONE: Final = b"[DONE]"
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(msgspec.Struct, frozen=True, gc=False):
     """One event block of a stream."""
 
     raw: bytes
@@ -144,6 +144,9 @@ class SSEParser:
                 return [Event(chunk, block[6:], None)]
         events: list[Event] = []
         for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:
+                events.append(Event(block + b"\n\n", block[6:], None))
+                continue
             for line in block.split(b"\n"):
                 self._field(line)
             events.append(Event(block + b"\n\n", self._joined_data(), self._event))

@@ -49,30 +49,30 @@ class Choice(msgspec.Struct):
     text: str | None = None  # legacy completions
 
 
-_NO_USAGE = msgspec.Raw(b"null")
-
-
 class Answer(msgspec.Struct):
     """A non-streamed answer (chat, completion or embeddings)."""
 
     choices: list[Choice] | None = None
-    raw_usage: msgspec.Raw = msgspec.field(default=_NO_USAGE, name="usage")
-
-    @property
-    def usage(self) -> Usage | None:
-        return _lenient_usage(self.raw_usage)
+    usage: Usage | None = None
 
 
 class Chunk(msgspec.Struct):
     """One streamed chunk."""
 
     choices: list[Choice] | None = None
-    raw_usage: msgspec.Raw = msgspec.field(default=_NO_USAGE, name="usage")
+    usage: Usage | None = None
     error: dict[str, object] | None = None
 
-    @property
-    def usage(self) -> Usage | None:
-        return _lenient_usage(self.raw_usage)
+
+_NO_USAGE = msgspec.Raw(b"null")
+
+
+class _LenientAnswer(msgspec.Struct):
+    """An answer whose usage block did not fit :class:`Usage`: read apart, leniently."""
+
+    choices: list[Choice] | None = None
+    raw_usage: msgspec.Raw = msgspec.field(default=_NO_USAGE, name="usage")
+    error: dict[str, object] | None = None
 
 
 _usage = msgspec.json.Decoder(Usage)
@@ -108,15 +108,24 @@ def _lenient_usage(raw: msgspec.Raw) -> Usage | None:
 
 _answer = msgspec.json.Decoder(Answer)
 _chunk = msgspec.json.Decoder(Chunk)
+_lenient = msgspec.json.Decoder(_LenientAnswer)
 
 
 def decode_answer(data: bytes) -> Answer:
     """Raise ``msgspec.DecodeError`` (a ``ValueError``) if not a JSON object of that shape."""
-    return _answer.decode(data)
+    try:
+        return _answer.decode(data)
+    except msgspec.ValidationError:
+        lenient = _lenient.decode(data)  # raises again if the trouble is not the usage
+        return Answer(lenient.choices, _lenient_usage(lenient.raw_usage))
 
 
 def decode_chunk(data: bytes) -> Chunk:
-    return _chunk.decode(data)
+    try:
+        return _chunk.decode(data)
+    except msgspec.ValidationError:
+        lenient = _lenient.decode(data)
+        return Chunk(lenient.choices, _lenient_usage(lenient.raw_usage), lenient.error)
 
 
 def message_texts(message: Message) -> list[str]:
