@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from gateway.api.metered import MeteredAPI
 from gateway.api.ops import ops_handlers
 from gateway.config import Config
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
+from gateway.ids import unique_id
 from gateway.services import Services
 
 __all__ = ["create_app"]
@@ -34,7 +34,7 @@ def _front(app: ASGIApp, metered: MeteredAPI) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        rid = "req_" + os.urandom(12).hex()
+        rid = unique_id("req_")
         endpoint = metered.endpoint_for(scope["path"])
         if endpoint is not None:
             await metered(scope, receive, send, endpoint, rid)

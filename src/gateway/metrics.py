@@ -3,10 +3,14 @@ in one test process). Labels never carry a secret: keys appear by id only."""
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+M = TypeVar("M", Counter, Gauge, Histogram)
 
 
 class Metrics:
@@ -49,6 +53,18 @@ class Metrics:
             "gateway_backend_circuit_open", "1 while a backend is skipped.", ["backend"],
             registry=r,
         )
+
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, looked up once (prometheus_client validates and locks
+        on every call; a request settles with five of them). Label values here come from the
+        config (models, backends, endpoints, outcomes), so the memo stays small."""
+        key = (id(metric), labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -413,7 +413,8 @@ class Relay:
     def _succeeded(self, route: Route) -> None:
         breaker = self._router.breaker(route)
         breaker.record_success()
-        self._metrics.circuit_open.labels(route.backend.name).set(0)
+        metrics = self._metrics
+        metrics.child(metrics.circuit_open, route.backend.name).set(0)
 
     def _failed(self, route: Route, exc: GatewayError, reason: str) -> None:
         breaker = self._router.breaker(route)

@@ -198,16 +198,16 @@ class Settlement:
     def _observe(self, usage: Usage, cost: int) -> None:
         m = self._metrics
         backend = usage.backend or ""
-        m.requests.labels(usage.endpoint, usage.model, usage.status).inc()
-        m.latency.labels(usage.endpoint).observe(usage.latency_ms / 1000)
+        m.child(m.requests, usage.endpoint, usage.model, usage.status).inc()
+        m.child(m.latency, usage.endpoint).observe(usage.latency_ms / 1000)
         if usage.prompt_tokens:
-            m.tokens.labels(usage.model, backend, "prompt").inc(usage.prompt_tokens)
+            m.child(m.tokens, usage.model, backend, "prompt").inc(usage.prompt_tokens)
         if usage.completion_tokens:
-            m.tokens.labels(usage.model, backend, "completion").inc(usage.completion_tokens)
+            m.child(m.tokens, usage.model, backend, "completion").inc(usage.completion_tokens)
         if usage.cost:
-            m.credits.labels(usage.model, backend).inc(usage.cost)
+            m.child(m.credits, usage.model, backend).inc(usage.cost)
         if usage.shortfall:
-            m.shortfall.labels(usage.model, backend).inc(usage.shortfall)
+            m.child(m.shortfall, usage.model, backend).inc(usage.shortfall)
         if self._key.tpm:
             tokens = usage.prompt_tokens + usage.completion_tokens
             self._tasks.spawn(

@@ -13,6 +13,7 @@ import secrets
 import time
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
+from gateway.ids import unique_id
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -164,7 +165,7 @@ class MemoryStore(Store):
             self._set(wallet, reserved=wallet.reserved + amount)
             now = time.time()
             reservation = Reservation(
-                "r_" + secrets.token_hex(8),
+                unique_id("r_"),
                 wallet_id,
                 key_id,
                 request_id,

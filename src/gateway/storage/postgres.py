@@ -42,6 +42,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
+from gateway.ids import unique_id
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -488,7 +489,7 @@ class PostgresStore(Store):
         lease_s: float,
     ) -> Reservation | None:
         check_bounds(minimum, maximum)
-        rid, now = "r_" + secrets.token_hex(8), time.time()
+        rid, now = unique_id("r_"), time.time()
         expires = now + lease_s
         async with self._turns.of(wallet_id):
             amount = await self._fetchval(

@@ -36,6 +36,7 @@ from typing import Any, TypeVar, cast
 import aiosqlite
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
+from gateway.ids import unique_id
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -452,7 +453,7 @@ class SQLiteStore(Store):
         lease_s: float,
     ) -> Reservation | None:
         check_bounds(minimum, maximum)
-        rid, now = "r_" + secrets.token_hex(8), time.time()
+        rid, now = unique_id("r_"), time.time()
         expires = now + lease_s
 
         def tx(conn: sqlite3.Connection) -> int | None:
