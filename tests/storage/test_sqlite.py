@@ -15,6 +15,7 @@ import pytest
 from gateway.errors import NotFound, StorageUnavailable
 from gateway.storage import sqlite as sqlite_engine
 from gateway.storage.base import Store, Usage, UsageStatus
+from gateway.storage.holds import Holds
 from gateway.storage.sqlite import MIGRATIONS, SQLiteStore, _call_in_worker
 
 Invariants = Callable[[Store], Awaitable[None]]
@@ -213,9 +214,9 @@ async def test_queued_writes_commit_together_and_fail_alone(
     sizes: list[int] = []
     run_batch = sqlite_engine._run_batch
 
-    def spy(conn: sqlite3.Connection, ops: list[sqlite_engine._Op]) -> None:
+    def spy(conn: sqlite3.Connection, ops: list[sqlite_engine._Op], holds: Holds) -> None:
         sizes.append(len(ops))
-        run_batch(conn, ops)
+        run_batch(conn, ops, holds)
 
     monkeypatch.setattr(sqlite_engine, "_run_batch", spy)
     wallet = await store.create_wallet("w")
@@ -301,3 +302,137 @@ async def test_listings_read_indexes_in_order(store: SQLiteStore) -> None:
         details = " | ".join(row[-1] for row in plan)
         assert "TEMP B-TREE" not in details, (sql, details)
         assert "USING INDEX" in details or details == "SCAN usage", (sql, details)
+
+
+# -- reservations decided on the loop, rows written behind (storage/holds.py) -----------------
+async def _settled(store: SQLiteStore, wallet_id: str, request_id: str, cost: int) -> Usage:
+    reservation = await store.reserve(
+        wallet_id=wallet_id, key_id=None, request_id=request_id, minimum=1, maximum=cost,
+        lease_s=60,
+    )  # fmt: skip
+    assert reservation is not None
+    return await store.settle(reservation, _usage(request_id, wallet_id), cost)
+
+
+def _books(db_path: Path, wallet_id: str) -> tuple[int, int, int, int]:
+    """(balance, reserved, reservation rows, sum of ledger amounts) straight from the file."""
+    with sqlite3.connect(db_path) as conn:
+        balance, reserved = conn.execute(
+            "SELECT balance, reserved FROM wallets WHERE id = ?", (wallet_id,)
+        ).fetchone()
+        rows = conn.execute("SELECT COUNT(*) FROM reservations").fetchone()[0]
+        ledger = conn.execute(
+            "SELECT COALESCE(SUM(amount), 0) FROM ledger WHERE wallet_id = ?", (wallet_id,)
+        ).fetchone()[0]
+    return balance, reserved, rows, ledger
+
+
+async def test_a_hold_shows_as_reserved_before_and_after_its_row_is_written(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    wallet = await store.create_wallet("w", 1_000)
+    reservation = await store.reserve(
+        wallet_id=wallet.id, key_id=None, request_id="q", minimum=1, maximum=300, lease_s=60
+    )
+    assert reservation is not None
+    seen = await store.get_wallet(wallet.id)  # perhaps before the row is committed
+    assert seen is not None
+    assert seen.reserved == 300
+    await store.ping()  # a write after it: the row is committed by now
+    assert _books(db_path, wallet.id)[:3] == (1_000, 300, 1)
+    await store.settle(reservation, _usage("q", wallet.id), 120)
+    assert _books(db_path, wallet.id) == (880, 0, 0, 880)
+
+
+async def test_concurrent_holds_never_take_more_than_the_wallet_has(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    wallet = await store.create_wallet("w", 1_000)
+    reservations = await asyncio.gather(
+        *(
+            store.reserve(
+                wallet_id=wallet.id,
+                key_id=None,
+                request_id=f"q{i}",
+                minimum=60,
+                maximum=100,
+                lease_s=60,
+            )
+            for i in range(15)
+        )
+    )
+    granted = [r for r in reservations if r is not None]
+    assert sum(r.amount for r in granted) <= 1_000
+    assert all(r.amount >= 60 for r in granted)
+    assert len(granted) == 10  # ten of 100 each, then nothing of at least 60 is left
+    await asyncio.gather(
+        *(store.settle(r, _usage(r.request_id, wallet.id), r.amount) for r in granted)
+    )
+    assert _books(db_path, wallet.id) == (0, 0, 0, 0)
+
+
+async def test_a_credit_made_by_another_process_is_seen_when_the_wallet_looks_short(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    wallet = await store.create_wallet("w", 100)
+    await _settled(store, wallet.id, "q1", 100)  # this process now knows the wallet is empty
+    with sqlite3.connect(db_path) as other:  # the CLI, say
+        other.execute("UPDATE wallets SET balance = balance + 500 WHERE id = ?", (wallet.id,))
+    usage = await _settled(store, wallet.id, "q2", 200)
+    assert (usage.cost, usage.shortfall) == (200, 0)
+
+
+async def test_money_moved_out_by_another_process_before_the_row_is_written_is_never_overdrawn(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    wallet = await store.create_wallet("w", 1_000)
+    await _settled(store, wallet.id, "q0", 1)  # known: 999
+    assert store._db is not None  # private, test only: hold the worker while the CLI moves money
+
+    def cli_transfer_then_wait(conn: sqlite3.Connection) -> None:
+        with sqlite3.connect(db_path, isolation_level=None) as other:
+            other.execute("UPDATE wallets SET balance = balance - 900 WHERE id = ?", (wallet.id,))
+        time.sleep(0.05)
+
+    busy = asyncio.ensure_future(_call_in_worker(store._db, cli_transfer_then_wait))
+    await asyncio.sleep(0.01)  # the worker is in it
+    reservation = await store.reserve(
+        wallet_id=wallet.id, key_id=None, request_id="q1", minimum=1, maximum=500, lease_s=60
+    )
+    assert reservation is not None
+    assert reservation.amount == 500  # decided on what was known
+    await busy
+    usage = await store.settle(reservation, _usage("q1", wallet.id), 500)
+    assert (usage.cost, usage.shortfall) == (99, 401)  # what was left, and the rest recorded
+    assert _books(db_path, wallet.id)[:3] == (0, 0, 0)
+
+
+async def test_a_reservation_row_that_cannot_be_written_is_charged_from_the_wallet(
+    db_path: Path,
+) -> None:
+    store = SQLiteStore(str(db_path), busy_timeout_s=0.05)
+    await store.open()
+    try:
+        wallet = await store.create_wallet("w", 1_000)
+        await _settled(store, wallet.id, "q0", 1)  # known: 999, so the next hold is decided here
+        other = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+            reservation = await store.reserve(
+                wallet_id=wallet.id, key_id=None, request_id="q1", minimum=1, maximum=300,
+                lease_s=60,
+            )  # fmt: skip
+            assert reservation is not None
+            with pytest.raises(StorageUnavailable):
+                await store.credit(wallet.id, 1)  # a write queued after the row's: both fail
+            seen = await store.get_wallet(wallet.id)
+            assert seen is not None
+            assert seen.reserved == 0  # the hold whose row failed was released
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        usage = await store.settle(reservation, _usage("q1", wallet.id), 250)
+        assert (usage.cost, usage.shortfall) == (250, 0)  # charged all the same
+        assert _books(db_path, wallet.id) == (749, 0, 0, 749)
+    finally:
+        await store.close()

@@ -46,6 +46,7 @@ from gateway.storage.base import (
     Usage,
     Wallet,
 )
+from gateway.storage.holds import Holds
 from gateway.storage.rules import (
     ENTRY_COLUMNS,
     KEY_COLUMNS,
@@ -188,6 +189,8 @@ class SQLiteStore(Store):
         #: closes it when it starts on it (both under ``_batch_lock``).
         self._open_batch: _Batch | None = None
         self._batch_lock = threading.Lock()
+        #: Reservations decided on the loop, their rows written behind (storage/holds.py).
+        self._holds = Holds()
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
         #: The last write failed for want of storage (disk full, I/O): ping probes a write.
         self._unwritable = False
@@ -236,6 +239,10 @@ class SQLiteStore(Store):
             _in_transaction(_migrate, conn)
 
     async def close(self) -> None:
+        batch = self._open_batch
+        if batch is not None and batch.task is not None:  # rows written behind, not waited for
+            with contextlib.suppress(Exception):
+                await asyncio.shield(batch.task)
         db, self._db = self._db, None
         if db is not None:
             with _storage_errors("cannot close the SQLite database"):
@@ -254,7 +261,9 @@ class SQLiteStore(Store):
         with _storage_errors("storage unavailable"):
             return await _call_in_worker(db, fn)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(
+        self, fn: Callable[[sqlite3.Connection], T], lost: _Lost | None = None
+    ) -> T:
         """Run ``fn`` as one transaction; return once it is committed.
 
         Group commit: the write joins the open batch, or opens one and sends it to the worker.
@@ -263,19 +272,8 @@ class SQLiteStore(Store):
         many writes it holds. A write that joined a batch runs, whole, even if its caller is
         cancelled meanwhile.
         """
-        db = self._db
-        if db is None:
-            raise StorageUnavailable("storage is not open")
-        op = _Op(fn)
-        with self._batch_lock:
-            batch = self._open_batch
-            opened = batch is None or len(batch.ops) >= _MAX_BATCH
-            if opened:
-                batch = self._open_batch = _Batch()
-            assert batch is not None
-            batch.ops.append(op)
-        if opened:
-            batch.task = asyncio.ensure_future(_call_in_worker(db, partial(self._drain, batch)))
+        op = _Op(fn, lost)
+        batch = self._submit(op)
         assert batch.task is not None
         try:
             with _storage_errors("storage unavailable"):
@@ -296,12 +294,29 @@ class SQLiteStore(Store):
         self._unwritable = False
         return cast(T, op.result)
 
+    def _submit(self, op: _Op) -> _Batch:
+        """Add ``op`` to the open batch, or open one and send it to the worker."""
+        db = self._db
+        if db is None:
+            raise StorageUnavailable("storage is not open")
+        with self._batch_lock:
+            batch = self._open_batch
+            opened = batch is None or len(batch.ops) >= _MAX_BATCH
+            if opened:
+                batch = self._open_batch = _Batch()
+            assert batch is not None
+            batch.ops.append(op)
+        if opened:
+            batch.task = asyncio.ensure_future(_call_in_worker(db, partial(self._drain, batch)))
+            batch.task.add_done_callback(_retrieve)  # written-behind ops have no awaiter
+        return batch
+
     def _drain(self, batch: _Batch, conn: sqlite3.Connection) -> None:
         """In the worker: close ``batch`` to newcomers, then run it as one transaction."""
         with self._batch_lock:
             if self._open_batch is batch:
                 self._open_batch = None
-        _run_batch(conn, batch.ops)
+        _run_batch(conn, batch.ops, self._holds)
 
     # -- wallets and money -----------------------------------------------------------------
     async def create_wallet(self, name: str, balance: int = 0) -> Wallet:
@@ -323,20 +338,31 @@ class SQLiteStore(Store):
         return await self._write(tx)
 
     async def get_wallet(self, wallet_id: str) -> Wallet | None:
-        rows = await self._read(
-            lambda conn: conn.execute(
-                f"SELECT {WALLET_COLUMNS} FROM wallets WHERE id = ?", (wallet_id,)
-            ).fetchall()
+        wallets = await self._read(
+            lambda conn: self._wallets(
+                conn, f"SELECT {WALLET_COLUMNS} FROM wallets WHERE id = ?", (wallet_id,)
+            )
         )
-        return Wallet(*rows[0]) if rows else None
+        return wallets[0] if wallets else None
 
     async def list_wallets(self) -> list[Wallet]:
-        rows = await self._read(
-            lambda conn: conn.execute(
-                f"SELECT {WALLET_COLUMNS} FROM wallets ORDER BY created_at, id"
-            ).fetchall()
+        return await self._read(
+            lambda conn: self._wallets(
+                conn, f"SELECT {WALLET_COLUMNS} FROM wallets ORDER BY created_at, id", ()
+            )
         )
-        return [Wallet(*row) for row in rows]
+
+    def _wallets(self, conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> list[Wallet]:
+        """In the worker: wallets as read, with what the loop holds of them and has not
+        written yet (in the worker, so that no commit moves a hold between the two)."""
+        out = []
+        for row in conn.execute(sql, args).fetchall():
+            wallet = Wallet(*row)
+            held = self._holds.held(wallet.id)
+            if held:
+                wallet = dataclasses.replace(wallet, reserved=wallet.reserved + held)
+            out.append(wallet)
+        return out
 
     async def credit(
         self,
@@ -372,6 +398,7 @@ class SQLiteStore(Store):
             _add_entry(
                 conn, wallet_id, "credit", amount, wallet.balance, key=idempotency_key, memo=memo
             )
+            self._holds.seen(wallet_id, wallet.balance - wallet.reserved)
             return wallet, True
 
         return await self._write(tx)
@@ -404,6 +431,9 @@ class SQLiteStore(Store):
             for wallet_id, param in ((from_wallet, "from_wallet"), (to_wallet, "to_wallet")):
                 if wallet_id not in found:
                     raise NotFound(f"no wallet {wallet_id!r}", param=param)
+            available = found[from_wallet] - self._holds.unwritten(from_wallet)
+            if available < amount:
+                raise cannot_pay(from_wallet, amount, available)
             debited = conn.execute(
                 "UPDATE wallets SET balance = balance - ? WHERE id = ? AND balance - reserved >= ? "
                 "RETURNING balance",
@@ -411,6 +441,8 @@ class SQLiteStore(Store):
             ).fetchall()
             if not debited:
                 raise cannot_pay(from_wallet, amount, found[from_wallet])
+            self._holds.seen(from_wallet, None)
+            self._holds.seen(to_wallet, None)
             credited = _one(
                 conn,
                 "UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING balance",
@@ -452,31 +484,63 @@ class SQLiteStore(Store):
         maximum: int,
         lease_s: float,
     ) -> Reservation | None:
+        """Decided here, against what this process knows of the wallet; the row is written
+        behind, in the next group commit, and the settlement is queued after it."""
         check_bounds(minimum, maximum)
+        holds = self._holds
+        amount = holds.take(wallet_id, minimum, maximum)
+        if amount is None:  # not known yet, or short: read it (another process may credit)
+            if not await self._read_available(wallet_id):
+                return None
+            amount = holds.take(wallet_id, minimum, maximum)
+            if amount is None:
+                return None
         rid, now = unique_id("r_"), time.time()
         expires = now + lease_s
 
-        def tx(conn: sqlite3.Connection) -> int | None:
-            # The amount is taken from the wallet row as it was before the update, which a
-            # RETURNING clause on the UPDATE cannot see; the write lock held since BEGIN
-            # IMMEDIATE keeps the two statements atomic, and the UPDATE stays conditional.
-            rows = conn.execute(
+        def tx(conn: sqlite3.Connection) -> None:
+            balance, reserved = _one(
+                conn, "SELECT balance, reserved FROM wallets WHERE id = ?", (wallet_id,)
+            )
+            # Never more than the wallet has once the other holds are written: another process
+            # (the CLI) may have moved money out since the hold was decided.
+            others = holds.unwritten(wallet_id) - amount
+            row = max(0, min(amount, balance - reserved - others))
+            conn.execute(
                 "INSERT INTO reservations "
                 "(id, wallet_id, key_id, request_id, amount, created_at, expires_at) "
-                "SELECT ?, id, ?, ?, MIN(?, balance - reserved), ?, ? FROM wallets "
-                "WHERE id = ? AND balance - reserved >= ? RETURNING amount",
-                (rid, key_id, request_id, maximum, now, expires, wallet_id, minimum),
-            ).fetchall()
-            if not rows:
-                return None
-            amount: int = rows[0][0]
-            _hold(conn, wallet_id, amount)
-            return amount
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (rid, wallet_id, key_id, request_id, row, now, expires),
+            )
+            _hold(conn, wallet_id, row)
+            holds.wrote(wallet_id, amount)
+            holds.seen(wallet_id, balance - reserved - row)
 
-        amount = await self._write(tx)
-        if amount is None:
-            return None
+        def lost(error: BaseException) -> None:  # in the worker
+            holds.lost(rid, wallet_id, amount)
+            if isinstance(error, sqlite3.Error) and not isinstance(error, _BUGS):
+                self._unwritable = True
+
+        if self._unwritable:
+            # The last write failed for want of storage: this one is waited for, so that no
+            # request goes upstream while its reservation cannot be written.
+            await self._write(tx, lost)
+        else:
+            self._submit(_Op(tx, lost))
         return Reservation(rid, wallet_id, key_id, request_id, amount, now, expires)
+
+    async def _read_available(self, wallet_id: str) -> bool:
+        """Read the wallet's ``balance - reserved`` into the holds; False: no such wallet."""
+
+        def read(conn: sqlite3.Connection) -> bool:
+            rows = conn.execute(
+                "SELECT balance - reserved FROM wallets WHERE id = ?", (wallet_id,)
+            ).fetchall()
+            if rows:
+                self._holds.read(wallet_id, rows[0][0])
+            return bool(rows)
+
+        return await self._read(read)
 
     async def extend(
         self, reservation: Reservation, *, minimum: int, maximum: int
@@ -485,13 +549,18 @@ class SQLiteStore(Store):
         check_bounds(minimum, maximum)
         expires = time.time() + (reservation.expires_at - reservation.created_at)
 
+        wallet_id = reservation.wallet_id
+
         def tx(conn: sqlite3.Connection) -> Row | None:
             avail = conn.execute(
-                "SELECT balance - reserved FROM wallets WHERE id = ?", (reservation.wallet_id,)
+                "SELECT balance - reserved FROM wallets WHERE id = ?", (wallet_id,)
             ).fetchall()
-            if not avail or min(maximum, avail[0][0]) < minimum:
+            if not avail:
                 return None
-            amount = min(maximum, avail[0][0])
+            available = avail[0][0] - self._holds.unwritten(wallet_id)
+            if min(maximum, available) < minimum:
+                return None
+            amount = min(maximum, available)
             rows = conn.execute(
                 "UPDATE reservations SET amount = amount + ?, expires_at = MAX(expires_at, ?) "
                 "WHERE id = ? RETURNING amount, expires_at",
@@ -499,7 +568,8 @@ class SQLiteStore(Store):
             ).fetchall()
             if not rows:  # released meanwhile
                 return None
-            _hold(conn, reservation.wallet_id, amount)
+            _hold(conn, wallet_id, amount)
+            self._holds.seen(wallet_id, avail[0][0] - amount)
             return cast(Row, rows[0])
 
         row = await self._write(tx)
@@ -516,6 +586,8 @@ class SQLiteStore(Store):
                 "DELETE FROM reservations WHERE id = ? RETURNING amount, wallet_id",
                 (reservation.id,),
             ).fetchall()
+            if not held and self._holds.is_lost(reservation.id):
+                held = [(0, reservation.wallet_id)]  # never written: charge from the wallet
             if not held:  # released by recovery: record what happened, charge nothing
                 written = dataclasses.replace(usage, cost=0, shortfall=cost)
                 if conn.execute(_UPSERT_USAGE, _usage_params(written)).fetchall():
@@ -532,11 +604,14 @@ class SQLiteStore(Store):
             balance, reserved = _one(
                 conn, "SELECT balance, reserved FROM wallets WHERE id = ?", (wallet_id,)
             )
-            charge = max(0, min(cost, balance - (reserved - amount)))
+            # what the wallet has, leaving alone what other requests hold and have not written
+            free = balance - (reserved - amount) - self._holds.unwritten(wallet_id)
+            charge = max(0, min(cost, free))
             conn.execute(
                 "UPDATE wallets SET balance = balance - ?, reserved = reserved - ? WHERE id = ?",
                 (charge, amount, wallet_id),
             )
+            self._holds.seen(wallet_id, balance - charge - (reserved - amount))
             if charge:
                 _add_entry(
                     conn,
@@ -570,6 +645,8 @@ class SQLiteStore(Store):
                 "UPDATE wallets SET reserved = reserved - ? WHERE id = ?",
                 [(amount, wallet_id) for wallet_id, _, _, amount in released],
             )
+            for wallet_id in {wallet_id for wallet_id, _, _, _ in released}:
+                self._holds.seen(wallet_id, None)  # read again when next needed
             stamp = time.time()
             conn.executemany(
                 f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
@@ -682,13 +759,19 @@ def _storage_errors(context: str) -> Iterator[None]:
         raise StorageUnavailable(f"{context}: {exc}") from exc
 
 
+#: Told, in the worker, that a write was not committed (and why).
+_Lost = Callable[[BaseException], None]
+
+
 class _Op:
     """A write waiting for the worker: its callable, then its outcome."""
 
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("done", "error", "fn", "lost", "result")
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], lost: _Lost | None = None) -> None:
         self.fn = fn
+        #: Called in the worker if the write ends up not committed (written-behind writes).
+        self.lost = lost
         self.result: Any = None
         self.error: BaseException | None = None
         self.done = False
@@ -704,24 +787,29 @@ class _Batch:
         self.task: asyncio.Future[None] | None = None
 
 
-def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
+def _run_batch(conn: sqlite3.Connection, ops: list[_Op], holds: Holds) -> None:
     """Run ``ops`` in one transaction, each in a savepoint: an op that raises is rolled back
     alone. If the transaction itself fails (BEGIN, COMMIT, or an error after which SQLite rolled
-    everything back, like a full disk), every op fails with that error and nothing is written."""
+    everything back, like a full disk), every op fails with that error and nothing is written.
+    ``holds`` journals what the ops did to reservations held on the loop, applied on commit."""
     try:
         conn.execute("BEGIN IMMEDIATE")
         for op in ops:
             conn.execute("SAVEPOINT op")
+            holds.begin_write()
             try:
                 op.result = op.fn(conn)
             except Exception as exc:
                 op.error = exc
+                holds.drop_write()
                 if not conn.in_transaction:
                     raise
                 conn.execute("ROLLBACK TO op")
             conn.execute("RELEASE op")
         conn.execute("COMMIT")
+        holds.commit()
     except BaseException as exc:
+        holds.rollback()
         if conn.in_transaction:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -731,6 +819,15 @@ def _run_batch(conn: sqlite3.Connection, ops: list[_Op]) -> None:
     finally:
         for op in ops:
             op.done = True
+            if op.error is not None and op.lost is not None:
+                op.lost(op.error)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A batch's outcome is in its ops; a batch that never ran (the connection closed first)
+    must not be reported as an exception nobody retrieved."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -1,0 +1,139 @@
+"""Reservations a SQLite store decides on the event loop and writes behind.
+
+One process serves a SQLite file (the lock file in :mod:`gateway.services`), and its storage
+worker runs every write in order. So the store can decide a reservation at once, against what
+it knows of the wallet, and let the reservation row follow in the next group commit instead of
+waiting a round trip to the worker for it: the request goes upstream meanwhile, and the
+settlement, queued after the row, is the write a request waits for.
+
+Per wallet, :class:`Holds` keeps
+
+- ``known``: the wallet's ``balance - reserved`` as the worker last committed it;
+- ``pending``: what the loop has held since, whose rows are not committed yet;
+
+so the loop may hold up to ``known - pending``. The worker keeps both right: committing a
+reservation row moves its amount from ``pending`` into ``known``; a settlement, credit or
+transfer records the wallet's new figure (or forgets it, to be read again); a row that could
+not be written is dropped from ``pending`` and its reservation id remembered as lost, so that
+its settlement charges from the wallet instead of finding nothing to release.
+
+Inside a transaction the worker sees its own uncommitted rows in the database, so
+:meth:`unwritten` (``pending`` minus what this transaction wrote) is what other decisions
+there must still leave alone. Effects are journalled per write and applied only when the
+transaction commits.
+
+The loop and the worker share this object; every method takes ``_lock`` once, briefly.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+__all__ = ["Holds"]
+
+
+@dataclass
+class _Journal:
+    """What the open transaction did, to apply when it commits."""
+
+    written: list[tuple[str, int]] = field(default_factory=list)  # (wallet, amount) rows
+    seen: list[tuple[str, int | None]] = field(default_factory=list)  # (wallet, figure)
+    mark: tuple[int, int] = (0, 0)  # where the current write's entries start
+
+
+class Holds:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._known: dict[str, int] = {}
+        self._pending: dict[str, int] = {}
+        self._lost: set[str] = set()
+        self._journal = _Journal()  # the worker's only
+
+    # -- the event loop --------------------------------------------------------------------
+    def take(self, wallet_id: str, minimum: int, maximum: int) -> int | None:
+        """Hold up to ``maximum`` (at least ``minimum``) of the wallet; None when this cannot
+        say yes: the wallet is not known yet, or looks short (another process may have
+        credited it since). Then read it (:meth:`seen` in the worker) and ask again."""
+        with self._lock:
+            known = self._known.get(wallet_id)
+            if known is None:
+                return None
+            held = self._pending.get(wallet_id, 0)
+            available = known - held
+            if available < minimum:
+                return None
+            amount = min(maximum, available)
+            self._pending[wallet_id] = held + amount
+            return amount
+
+    def held(self, wallet_id: str) -> int:
+        """What the loop holds of the wallet beyond the committed rows."""
+        with self._lock:
+            return self._pending.get(wallet_id, 0)
+
+    # -- the worker, outside a transaction ---------------------------------------------------
+    def read(self, wallet_id: str, available: int) -> None:
+        """The wallet's committed ``balance - reserved``, just read."""
+        with self._lock:
+            self._known[wallet_id] = available
+
+    # -- the worker, inside a transaction ---------------------------------------------------
+    def unwritten(self, wallet_id: str) -> int:
+        """Held on the loop and not yet in the database as this transaction sees it."""
+        written = sum(amount for wallet, amount in self._journal.written if wallet == wallet_id)
+        with self._lock:
+            return self._pending.get(wallet_id, 0) - written
+
+    def wrote(self, wallet_id: str, amount: int) -> None:
+        """A reservation row for ``amount`` held on the loop was written."""
+        self._journal.written.append((wallet_id, amount))
+
+    def seen(self, wallet_id: str, available: int | None) -> None:
+        """The wallet's ``balance - reserved`` in this transaction (None: forget the figure,
+        it is read again when next needed)."""
+        self._journal.seen.append((wallet_id, available))
+
+    def lost(self, reservation_id: str, wallet_id: str, amount: int) -> None:
+        """A reservation row held on the loop could not be written: release the hold."""
+        with self._lock:
+            self._release(wallet_id, amount)
+            self._lost.add(reservation_id)
+
+    def is_lost(self, reservation_id: str) -> bool:
+        """Whether the reservation's row was never written (kept: a settlement may be retried;
+        only failed writes land here)."""
+        with self._lock:
+            return reservation_id in self._lost
+
+    # -- the worker, around a transaction ---------------------------------------------------
+    def begin_write(self) -> None:
+        self._journal.mark = (len(self._journal.written), len(self._journal.seen))
+
+    def drop_write(self) -> None:
+        """The current write was rolled back to its savepoint: forget what it journalled."""
+        written, seen = self._journal.mark
+        del self._journal.written[written:]
+        del self._journal.seen[seen:]
+
+    def commit(self) -> None:
+        journal = self._journal
+        with self._lock:
+            for wallet_id, amount in journal.written:
+                self._release(wallet_id, amount)
+            for wallet_id, available in journal.seen:
+                if available is None:
+                    self._known.pop(wallet_id, None)
+                else:
+                    self._known[wallet_id] = available
+        self.rollback()
+
+    def rollback(self) -> None:
+        self._journal = _Journal()
+
+    def _release(self, wallet_id: str, amount: int) -> None:
+        left = self._pending.get(wallet_id, 0) - amount
+        if left > 0:
+            self._pending[wallet_id] = left
+        else:
+            self._pending.pop(wallet_id, None)
