@@ -163,7 +163,10 @@ class Settlement:
             self._metrics.in_flight.dec()
             # (key, what it held, what it was charged)
             self._on_done(self._key.id, self._initial, written.cost if written else 0)
-        self._observe(written or record, cost)
+        # The log line and metrics wait two loop turns: the request, woken by this task's
+        # end one turn from now, has sent its answer by then (they are off its latency).
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._observe, written or record, cost)
         if written is None and self.failed is not None:
             if not self._stream:  # the client gets the 503, not the answer: nothing to charge
                 record = dataclasses.replace(

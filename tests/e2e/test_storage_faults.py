@@ -135,8 +135,9 @@ def test_a_full_disk_refuses_requests_with_503_then_recovers(
         response = admin.http.post("/admin/wallets", json={"name": "new"})
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "storage_unavailable"
-        # reads still work: nothing changed
-        assert admin.wallet(wallet_id) == before
+        # reads still work: no money moved (the request that went upstream holds its
+        # reservation until its settlement can be written)
+        assert admin.wallet(wallet_id)["balance"] == before["balance"]
 
         filler.unlink()
         poll(lambda: ready(gateway), lambda code: code == 200, timeout=10, what="/readyz 200")

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -214,15 +216,20 @@ async def test_queued_writes_commit_together_and_fail_alone(
     sizes: list[int] = []
     run_batch = sqlite_engine._run_batch
 
-    def spy(conn: sqlite3.Connection, ops: list[sqlite_engine._Op], holds: Holds) -> None:
+    def spy(
+        conn: sqlite3.Connection, ops: list[sqlite_engine._Op], holds: Holds, **kw: bool
+    ) -> None:
         sizes.append(len(ops))
-        run_batch(conn, ops, holds)
+        run_batch(conn, ops, holds, **kw)
 
     monkeypatch.setattr(sqlite_engine, "_run_batch", spy)
     wallet = await store.create_wallet("w")
     targets = [wallet.id if i % 3 else "w_missing" for i in range(30)]
     assert store._db is not None  # private, test only: keep the worker busy while writes queue
-    busy = asyncio.ensure_future(_call_in_worker(store._db, lambda conn: time.sleep(0.05)))
+    busy = asyncio.ensure_future(
+        _call_in_worker(store._db, partial(store._locked, lambda conn: time.sleep(0.05)))
+    )
+    await asyncio.sleep(0.01)  # the worker is in it, holding the connection
     results = await asyncio.gather(
         *(store.credit(target, 10) for target in targets), return_exceptions=True
     )
@@ -327,21 +334,49 @@ def _books(db_path: Path, wallet_id: str) -> tuple[int, int, int, int]:
     return balance, reserved, rows, ledger
 
 
-async def test_a_hold_shows_as_reserved_before_and_after_its_row_is_written(
+async def test_a_quick_request_never_has_a_reservation_row_a_slow_one_gets_one(
+    store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_engine, "ROW_AFTER_S", 0.05)
+    wallet = await store.create_wallet("w", 1_000)
+    quick = await store.reserve(
+        wallet_id=wallet.id, key_id=None, request_id="q1", minimum=1, maximum=100, lease_s=60
+    )
+    assert quick is not None
+    seen = await store.get_wallet(wallet.id)
+    assert seen is not None
+    assert seen.reserved == 100  # held, though no row says so
+    assert _books(db_path, wallet.id) == (1_000, 0, 0, 1_000)
+    await store.settle(quick, _usage("q1", wallet.id), 40)
+    assert _books(db_path, wallet.id) == (960, 0, 0, 960)
+
+    slow = await store.reserve(
+        wallet_id=wallet.id, key_id=None, request_id="q2", minimum=1, maximum=300, lease_s=60
+    )
+    assert slow is not None
+    await asyncio.sleep(0.2)  # still running after ROW_AFTER_S: its row is written
+    assert _books(db_path, wallet.id) == (960, 300, 1, 960)
+    seen = await store.get_wallet(wallet.id)
+    assert seen is not None
+    assert seen.reserved == 300  # counted once
+    await store.settle(slow, _usage("q2", wallet.id), 120)
+    assert _books(db_path, wallet.id) == (840, 0, 0, 840)
+
+
+async def test_an_extended_reservation_gets_its_row_first(
     store: SQLiteStore, db_path: Path
 ) -> None:
     wallet = await store.create_wallet("w", 1_000)
-    reservation = await store.reserve(
-        wallet_id=wallet.id, key_id=None, request_id="q", minimum=1, maximum=300, lease_s=60
+    r = await store.reserve(
+        wallet_id=wallet.id, key_id=None, request_id="q", minimum=1, maximum=100, lease_s=60
     )
-    assert reservation is not None
-    seen = await store.get_wallet(wallet.id)  # perhaps before the row is committed
-    assert seen is not None
-    assert seen.reserved == 300
-    await store.ping()  # a write after it: the row is committed by now
-    assert _books(db_path, wallet.id)[:3] == (1_000, 300, 1)
-    await store.settle(reservation, _usage("q", wallet.id), 120)
-    assert _books(db_path, wallet.id) == (880, 0, 0, 880)
+    assert r is not None
+    grown = await store.extend(r, minimum=50, maximum=50)
+    assert grown is not None
+    assert grown.amount == 150
+    assert _books(db_path, wallet.id) == (1_000, 150, 1, 1_000)
+    await store.settle(grown, _usage("q", wallet.id), 150)
+    assert _books(db_path, wallet.id) == (850, 0, 0, 850)
 
 
 async def test_concurrent_holds_never_take_more_than_the_wallet_has(
@@ -408,8 +443,9 @@ async def test_money_moved_out_by_another_process_before_the_row_is_written_is_n
 
 
 async def test_a_reservation_row_that_cannot_be_written_is_charged_from_the_wallet(
-    db_path: Path,
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(sqlite_engine, "ROW_AFTER_S", 0)  # the row is due at once
     store = SQLiteStore(str(db_path), busy_timeout_s=0.05)
     await store.open()
     try:
@@ -436,3 +472,29 @@ async def test_a_reservation_row_that_cannot_be_written_is_charged_from_the_wall
         assert _books(db_path, wallet.id) == (749, 0, 0, 749)
     finally:
         await store.close()
+
+
+async def test_a_waited_for_write_runs_on_the_loop_only_when_that_is_safe(db_path: Path) -> None:
+    """Idle worker, NORMAL: on the loop (no thread hop). FULL, or the write lock held by
+    another process: in the worker, which may wait for the lock; the loop never does."""
+    here = threading.get_ident()
+
+    def where(conn: sqlite3.Connection) -> int:
+        conn.execute("PRAGMA user_version")
+        return threading.get_ident()
+
+    for synchronous, inline in (("NORMAL", True), ("FULL", False)):
+        store = SQLiteStore(str(db_path), synchronous=synchronous, busy_timeout_s=2)
+        await store.open()
+        try:
+            assert (await store._write(where) == here) is inline
+            other = sqlite3.connect(db_path, isolation_level=None)
+            try:
+                other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.2, other.execute, "ROLLBACK")  # the loop is free to do this
+                assert await store._write(where) != here
+            finally:
+                other.close()
+        finally:
+            await store.close()

@@ -39,7 +39,8 @@ class _Journal:
 
     written: list[tuple[str, int]] = field(default_factory=list)  # (wallet, amount) rows
     seen: list[tuple[str, int | None]] = field(default_factory=list)  # (wallet, figure)
-    mark: tuple[int, int] = (0, 0)  # where the current write's entries start
+    settled: list[str] = field(default_factory=list)  # reservations settled without a row
+    mark: tuple[int, int, int] = (0, 0, 0)  # where the current write's entries start
 
 
 class Holds:
@@ -48,13 +49,16 @@ class Holds:
         self._known: dict[str, int] = {}
         self._pending: dict[str, int] = {}
         self._lost: set[str] = set()
+        #: Reservations whose rows are not written yet: id -> (wallet, amount).
+        self._rowless: dict[str, tuple[str, int]] = {}
         self._journal = _Journal()  # the worker's only
 
     # -- the event loop --------------------------------------------------------------------
-    def take(self, wallet_id: str, minimum: int, maximum: int) -> int | None:
-        """Hold up to ``maximum`` (at least ``minimum``) of the wallet; None when this cannot
-        say yes: the wallet is not known yet, or looks short (another process may have
-        credited it since). Then read it (:meth:`seen` in the worker) and ask again."""
+    def take(self, reservation_id: str, wallet_id: str, minimum: int, maximum: int) -> int | None:
+        """Hold up to ``maximum`` (at least ``minimum``) of the wallet for a reservation whose
+        row is not written yet; None when this cannot say yes: the wallet is not known yet, or
+        looks short (another process may have credited it since). Then read it (:meth:`read`
+        in the worker) and ask again."""
         with self._lock:
             known = self._known.get(wallet_id)
             if known is None:
@@ -65,7 +69,14 @@ class Holds:
                 return None
             amount = min(maximum, available)
             self._pending[wallet_id] = held + amount
+            self._rowless[reservation_id] = (wallet_id, amount)
             return amount
+
+    def claim_row(self, reservation_id: str) -> tuple[str, int] | None:
+        """The reservation's row is to be written now: (wallet, amount), unless it was settled
+        already (None)."""
+        with self._lock:
+            return self._rowless.pop(reservation_id, None)
 
     def held(self, wallet_id: str) -> int:
         """What the loop holds of the wallet beyond the committed rows."""
@@ -89,6 +100,17 @@ class Holds:
         """A reservation row for ``amount`` held on the loop was written."""
         self._journal.written.append((wallet_id, amount))
 
+    def rowless(self, reservation_id: str) -> tuple[str, int] | None:
+        """(wallet, amount) of a reservation held on the loop that has no row."""
+        with self._lock:
+            return self._rowless.get(reservation_id)
+
+    def settle_rowless(self, reservation_id: str, wallet_id: str, amount: int) -> None:
+        """A reservation without a row is settled in this transaction: on commit its hold goes
+        (as if its row had been written, then deleted)."""
+        self._journal.written.append((wallet_id, amount))
+        self._journal.settled.append(reservation_id)
+
     def seen(self, wallet_id: str, available: int | None) -> None:
         """The wallet's ``balance - reserved`` in this transaction (None: forget the figure,
         it is read again when next needed)."""
@@ -108,13 +130,16 @@ class Holds:
 
     # -- the worker, around a transaction ---------------------------------------------------
     def begin_write(self) -> None:
-        self._journal.mark = (len(self._journal.written), len(self._journal.seen))
+        journal = self._journal
+        journal.mark = (len(journal.written), len(journal.seen), len(journal.settled))
 
     def drop_write(self) -> None:
         """The current write was rolled back to its savepoint: forget what it journalled."""
-        written, seen = self._journal.mark
-        del self._journal.written[written:]
-        del self._journal.seen[seen:]
+        journal = self._journal
+        written, seen, settled = journal.mark
+        del journal.written[written:]
+        del journal.seen[seen:]
+        del journal.settled[settled:]
 
     def commit(self) -> None:
         journal = self._journal
@@ -126,6 +151,8 @@ class Holds:
                     self._known.pop(wallet_id, None)
                 else:
                     self._known[wallet_id] = available
+            for reservation_id in journal.settled:
+                self._rowless.pop(reservation_id, None)
         self.rollback()
 
     def rollback(self) -> None:
