@@ -78,13 +78,20 @@ def rewritten_body(
     return msgspec.json.encode(out)
 
 
+_PASS = Step(Action.PASS)
+_DONE = Step(Action.DONE)
+_DROP = Step(Action.DROP)
+_ERROR = Step(Action.ERROR)
+
+
 def framing(event: Event) -> Step | None:
     """What an SSE event means before any API reads it: PASS for a data-less event (comments,
     keep-alives), DONE for ``[DONE]``; None for an event whose data the dialect must read."""
-    if event.data is None:
-        return Step(Action.PASS)
-    if is_done(event.data):
-        return Step(Action.DONE)
+    data = event.data
+    if data is None:
+        return _PASS
+    if data[:1] != b"{" and is_done(data):  # a JSON object is never [DONE]
+        return _DONE
     return None
 
 
@@ -103,7 +110,12 @@ def choice_texts(choices: list[wire.Choice] | None) -> Texts:
     out: list[tuple[int, str]] = []
     for choice in choices or ():
         for message in (choice.message, choice.delta):
-            if message is not None:
+            if message is None:
+                continue
+            if wire.content_only(message):  # the usual delta: one piece of content
+                if message.content:
+                    out.append((choice.index, message.content))
+            else:
                 out.extend((choice.index, text) for text in wire.message_texts(message))
         if choice.text:
             out.append((choice.index, choice.text))
@@ -187,9 +199,14 @@ class OpenAIDialect(Dialect):
         try:
             chunk = wire.decode_chunk(data)
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            return Step(Action.DROP)
+            return _DROP
         if chunk.error is not None:
-            return Step(Action.ERROR)
-        if chunk.usage is not None and not chunk.choices:
-            return Step(Action.USAGE, usage=reported(chunk.usage))
-        return Step(Action.CONTENT, choice_texts(chunk.choices), reported(chunk.usage))
+            return _ERROR
+        choices, usage = chunk.choices, chunk.usage
+        if usage is not None and not choices:
+            return Step(Action.USAGE, usage=reported(usage))
+        return Step(
+            Action.CONTENT,
+            choice_texts(choices) if choices else (),
+            reported(usage) if usage is not None else None,
+        )

@@ -45,6 +45,8 @@ class Meter:
     def peek_bound(texts: Texts) -> int:
         """An upper bound of :meth:`peek` at no tokenizing cost: a token is at least one
         byte of UTF-8, so a text has at most as many tokens as bytes."""
+        if len(texts) == 1:
+            return len(texts[0][1].encode())
         return sum(len(text.encode()) for _, text in texts)
 
     def recount(self) -> None:
@@ -54,8 +56,13 @@ class Meter:
     def record(self, texts: Texts, added: int) -> None:
         """Record generated text that was passed on; ``added`` is what :meth:`peek` (or
         :meth:`peek_bound`) said."""
+        parts = self._texts
         for index, text in texts:
-            self._texts.setdefault(index, []).append(text)
+            found = parts.get(index)
+            if found is None:
+                parts[index] = [text]
+            else:
+                found.append(text)
         self.running_completion += added
 
     def fits(self, extra_completion: int, reserved: int) -> bool:

@@ -49,6 +49,8 @@ class Metrics:
             "gateway_settlement_failures", "Settlements that storage refused.", registry=r
         )
         self.in_flight = Gauge("gateway_requests_in_flight", "Requests being served.", registry=r)
+        #: The same count as a plain integer, for the hot path to read.
+        self.active = 0
         self.circuit_open = Gauge(
             "gateway_backend_circuit_open", "1 while a backend is skipped.", ["backend"],
             registry=r,

@@ -20,7 +20,7 @@ import msgspec
 import structlog
 
 from gateway.config import Config
-from gateway.dialects import Action, Dialect, Step
+from gateway.dialects import Action, Dialect, Texts
 from gateway.endpoints import Endpoint
 from gateway.errors import (
     GatewayError,
@@ -522,14 +522,21 @@ class Relay:
                     step = dialect.read_event(event)
                     action = step.action
                     if action is Action.CONTENT:
-                        if step.texts and not await self._afford(meter, step, settlement):
-                            status = UsageStatus.CUT_OFF
-                            error = InsufficientQuota(
-                                "The wallet cannot pay for more of this answer: "
-                                "the stream was ended."
-                            )
-                            ended = True
-                            break
+                        texts = step.texts
+                        if texts:
+                            # Cheap on the hot path: the texts' UTF-8 length bounds their
+                            # tokens from above; tiktoken runs only near the reservation.
+                            bound = meter.peek_bound(texts)
+                            if meter.fits(bound, settlement.reserved):
+                                meter.record(texts, bound)
+                            elif not await self._afford_exactly(meter, texts, settlement):
+                                status = UsageStatus.CUT_OFF
+                                error = InsufficientQuota(
+                                    "The wallet cannot pay for more of this answer: "
+                                    "the stream was ended."
+                                )
+                                ended = True
+                                break
                         if step.usage is not None:
                             meter.reported = step.usage
                     elif action is Action.USAGE:
@@ -580,19 +587,14 @@ class Relay:
             yield b"".join(tail)
 
     @staticmethod
-    async def _afford(meter: Meter, step: Step, settlement: Settlement) -> bool:
-        """Record a chunk of generated text if the wallet can pay for it. Cheap on the hot
-        path: the text's UTF-8 length bounds its tokens from above, so tiktoken runs only
-        when that bound gets near the reservation."""
-        bound = meter.peek_bound(step.texts)
-        if meter.fits(bound, settlement.reserved):
-            meter.record(step.texts, bound)
-            return True
-        meter.recount()  # exact count so far, then exact for this chunk
-        exact = meter.peek(step.texts)
+    async def _afford_exactly(meter: Meter, texts: Texts, settlement: Settlement) -> bool:
+        """Near the reservation: count exactly (so far, and this chunk), grow the reservation
+        if needed, and record the chunk if the wallet can pay for it."""
+        meter.recount()
+        exact = meter.peek(texts)
         if not await settlement.cover(meter.cost_with(exact)):
             return False
-        meter.record(step.texts, exact)
+        meter.record(texts, exact)
         return True
 
 

@@ -20,6 +20,7 @@ from gateway.relay import Relay
 from gateway.routing import Router
 from gateway.storage import Store, store_from_url
 from gateway.storage.factory import sqlite_path
+from gateway.storage.sqlite import SQLiteStore
 from gateway.tasks import TaskGroup
 from gateway.upstream import Backend, HttpBackend, open_session
 
@@ -75,6 +76,9 @@ class Services:
                 self.backends[backend.name] = DemoBackend(backend)
             else:
                 self.backends[backend.name] = HttpBackend(backend, self._session)
+        if isinstance(self.store, SQLiteStore):
+            metrics = self.metrics
+            self.store.inline_when = lambda: metrics.active <= 1
         self.relay = Relay(
             config=self.config,
             store=self.store,

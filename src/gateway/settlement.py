@@ -68,6 +68,7 @@ class Settlement:
         #: Set when storage refused the settlement: the client must not get a clean end.
         self.failed: StorageUnavailable | None = None
         metrics.in_flight.inc()
+        metrics.active += 1
 
     @property
     def request_id(self) -> str:
@@ -161,6 +162,7 @@ class Settlement:
                         await asyncio.sleep(0.05 * (attempt + 1))
         finally:
             self._metrics.in_flight.dec()
+            self._metrics.active -= 1
             # (key, what it held, what it was charged)
             self._on_done(self._key.id, self._initial, written.cost if written else 0)
         # The log line and metrics wait two loop turns: the request, woken by this task's

@@ -134,19 +134,15 @@ class SSEParser:
         The read must hold events each ended by exactly one blank line; the caller has checked
         that it ends with a blank line and has no CR.
         """
-        blocks = chunk[:-2].split(b"\n\n")
-        for block in blocks:
-            if not block or block[0] == 0x0A or block[-1] == 0x0A:  # extra blank lines
-                return None
-        if len(blocks) == 1:
-            block = blocks[0]
-            if block.startswith(b"data: ") and b"\n" not in block:  # the usual one-liner
-                return [Event(chunk, block[6:], None)]
         events: list[Event] = []
-        for block in blocks:
-            if block.startswith(b"data: ") and b"\n" not in block:
+        for block in chunk[:-2].split(b"\n\n"):
+            if block.startswith(b"data: ") and b"\n" not in block:  # the usual one-liner
                 events.append(Event(block + b"\n\n", block[6:], None))
                 continue
+            if not block or block[0] == 0x0A or block[-1] == 0x0A:  # extra blank lines
+                self._data = None
+                self._event = None
+                return None
             for line in block.split(b"\n"):
                 self._field(line)
             events.append(Event(block + b"\n\n", self._joined_data(), self._event))

@@ -128,6 +128,16 @@ def decode_chunk(data: bytes) -> Chunk:
         return Chunk(lenient.choices, _lenient_usage(lenient.raw_usage), lenient.error)
 
 
+def content_only(message: Message) -> bool:
+    """Whether ``content`` is the message's only generated text (the usual stream delta)."""
+    return (
+        message.reasoning_content is None
+        and message.refusal is None
+        and message.tool_calls is None
+        and message.function_call is None
+    )
+
+
 def message_texts(message: Message) -> list[str]:
     """The generated text of a message or delta that counts as completion tokens."""
     texts = [t for t in (message.content, message.reasoning_content, message.refusal) if t]

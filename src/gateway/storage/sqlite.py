@@ -12,7 +12,8 @@ All work runs on the aiosqlite connection's single worker thread, one callable p
   its own savepoint so that one refused write (``InsufficientQuota``...) rolls back alone. With
   ``synchronous=FULL`` that is one fsync for many requests;
 - other processes on the same file are serialised by ``BEGIN IMMEDIATE`` and ``busy_timeout``;
-- when the worker is idle, a write that a request waits for runs on the event loop itself, with
+- when the worker is idle (and, in the gateway, one request is in flight: under load group
+  commit is worth more), a write that a request waits for runs on the event loop itself, with
   the batch still open (:meth:`SQLiteStore._inline`): waking an idle thread and being woken
   back cost about 80 µs, more than the transaction. Only with ``synchronous`` NORMAL or OFF (a
   commit then writes the WAL without waiting for the disk), and only if the write lock is free
@@ -207,6 +208,8 @@ class SQLiteStore(Store):
         #: Held by whichever thread uses the connection: the worker, or the loop (inline).
         self._conn_lock = threading.Lock()
         self._inline_ok = self.synchronous in ("OFF", "NORMAL")
+        #: Whether to run a write inline now (the gateway says: when it serves one request).
+        self.inline_when: Callable[[], bool] = lambda: True
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
         #: The last write failed for want of storage (disk full, I/O): ping probes a write.
         self._unwritable = False
@@ -301,7 +304,8 @@ class SQLiteStore(Store):
         cancelled meanwhile.
         """
         op = _Op(fn, lost)
-        batch = None if self._inline_ok and self._inline(op) else self._submit(op)
+        inline = self._inline_ok and self.inline_when() and self._inline(op)
+        batch = None if inline else self._submit(op)
         try:
             with _storage_errors("storage unavailable"):
                 try:
