@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from decimal import Decimal
 from typing import Any
@@ -189,6 +190,26 @@ async def test_405_for_another_method_on_a_metered_endpoint(
     # a trailing slash is the same endpoint
     response = await caller.post("/v1/chat/completions/", json=CHAT)
     assert response.status_code == 200, response.text
+    assert len(upstream.requests) == 1
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error(
+    gateway: GatewayProcess, caller: Caller, upstream: UpstreamServer
+) -> None:
+    host, port = gateway.url.removeprefix("http://").split(":")
+    _reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Authorization: Bearer {caller.secret}\r\nContent-Length: 1000\r\n\r\n".encode()
+        + b'{"model": "gpt-4o-mini", "mess'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    writer.close()
+    await writer.wait_closed()
+    response = await caller.post(json=CHAT)  # still serving
+    assert response.status_code == 200, response.text
+    assert "internal_error" not in gateway.output()
     assert len(upstream.requests) == 1
 
 

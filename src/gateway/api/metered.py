@@ -99,6 +99,8 @@ class MeteredAPI:
                 return
             started = True
             await _send_stream(answer, receive, send, rid)
+        except ClientGone:  # it left while sending its body: nobody to answer
+            return
         except GatewayError as exc:
             if started:
                 raise
