@@ -16,9 +16,11 @@ import pytest
 
 from gateway.errors import NotFound, StorageUnavailable
 from gateway.storage import sqlite as sqlite_engine
+from gateway.storage import sqlite_writer
 from gateway.storage.base import Store, Usage, UsageStatus
 from gateway.storage.holds import Holds
-from gateway.storage.sqlite import MIGRATIONS, SQLiteStore, _call_in_worker
+from gateway.storage.sqlite import MIGRATIONS, SQLiteStore
+from gateway.storage.sqlite_writer import call_in_worker
 
 Invariants = Callable[[Store], Awaitable[None]]
 
@@ -179,9 +181,8 @@ async def test_a_full_disk_rolls_back_whole_transactions(
 ) -> None:
     wallet = await store.create_wallet("w", 10**12)
     # Private access, test only: cap the file at its current size, as a full disk would.
-    assert store._db is not None
-    await _call_in_worker(
-        store._db,
+    await call_in_worker(
+        store._open().db,
         lambda conn: conn.execute(
             f"PRAGMA max_page_count = {conn.execute('PRAGMA page_count').fetchone()[0] + 2}"
         ),
@@ -214,20 +215,20 @@ async def test_queued_writes_commit_together_and_fail_alone(
     store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sizes: list[int] = []
-    run_batch = sqlite_engine._run_batch
+    run_batch = sqlite_writer._run_batch
 
     def spy(
-        conn: sqlite3.Connection, ops: list[sqlite_engine._Op], holds: Holds, **kw: bool
+        conn: sqlite3.Connection, ops: list[sqlite_writer.Op], holds: Holds, **kw: bool
     ) -> None:
         sizes.append(len(ops))
         run_batch(conn, ops, holds, **kw)
 
-    monkeypatch.setattr(sqlite_engine, "_run_batch", spy)
+    monkeypatch.setattr(sqlite_writer, "_run_batch", spy)
     wallet = await store.create_wallet("w")
     targets = [wallet.id if i % 3 else "w_missing" for i in range(30)]
-    assert store._db is not None  # private, test only: keep the worker busy while writes queue
+    writer = store._open()  # private, test only: keep the worker busy while writes queue
     busy = asyncio.ensure_future(
-        _call_in_worker(store._db, partial(store._locked, lambda conn: time.sleep(0.05)))
+        call_in_worker(writer.db, partial(writer.locked, lambda conn: time.sleep(0.05)))
     )
     await asyncio.sleep(0.01)  # the worker is in it, holding the connection
     results = await asyncio.gather(
@@ -293,18 +294,18 @@ async def test_listings_read_indexes_in_order(store: SQLiteStore) -> None:
     """Usage and ledger listings stay fast with millions of rows: no full scan, no sort."""
     wallet = await store.create_wallet("w", 100)
     statements: list[str] = []
-    assert store._db is not None  # private, test only: record the SQL the store runs
-    await _call_in_worker(store._db, lambda conn: conn.set_trace_callback(statements.append))
+    await call_in_worker(store._open().db, lambda conn: conn.set_trace_callback(statements.append))
     await store.list_usage(wallet_id=wallet.id, limit=10)
     await store.list_usage(key_id="k_1", limit=10)
     await store.list_usage(wallet_id=wallet.id, key_id="k_1", limit=10)
     await store.list_usage(limit=10)
     await store.ledger(wallet.id, limit=10)
-    await _call_in_worker(store._db, lambda conn: conn.set_trace_callback(None))
+    await call_in_worker(store._open().db, lambda conn: conn.set_trace_callback(None))
     assert len(statements) == 5
     for sql in statements:
-        plan = await _call_in_worker(
-            store._db, lambda conn, sql=sql: conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+        plan = await call_in_worker(
+            store._open().db,
+            lambda conn, sql=sql: conn.execute("EXPLAIN QUERY PLAN " + sql).fetchall(),
         )
         details = " | ".join(row[-1] for row in plan)
         assert "TEMP B-TREE" not in details, (sql, details)
@@ -422,14 +423,13 @@ async def test_money_moved_out_by_another_process_before_the_row_is_written_is_n
 ) -> None:
     wallet = await store.create_wallet("w", 1_000)
     await _settled(store, wallet.id, "q0", 1)  # known: 999
-    assert store._db is not None  # private, test only: hold the worker while the CLI moves money
 
     def cli_transfer_then_wait(conn: sqlite3.Connection) -> None:
         with sqlite3.connect(db_path, isolation_level=None) as other:
             other.execute("UPDATE wallets SET balance = balance - 900 WHERE id = ?", (wallet.id,))
         time.sleep(0.05)
 
-    busy = asyncio.ensure_future(_call_in_worker(store._db, cli_transfer_then_wait))
+    busy = asyncio.ensure_future(call_in_worker(store._open().db, cli_transfer_then_wait))
     await asyncio.sleep(0.01)  # the worker is in it
     reservation = await store.reserve(
         wallet_id=wallet.id, key_id=None, request_id="q1", minimum=1, maximum=500, lease_s=60

@@ -1,28 +1,9 @@
 """The SQLite engine: one file, one connection, WAL.
 
-All work runs on the aiosqlite connection's single worker thread, one callable per operation
-(:func:`_call_in_worker`), never as a series of awaits:
-
-- a read is one callable;
-- a write is one callable that runs from ``BEGIN IMMEDIATE`` to ``COMMIT`` inside the worker,
-  so two coroutines' transactions cannot interleave (the worker runs one callable at a time,
-  which is stronger than an ``asyncio.Lock`` and costs nothing), and a coroutine cancelled while
-  it waits cannot leave a transaction open: its write still runs to the end, all or nothing;
-- writes that queue up while the worker is busy are committed together (group commit), each in
-  its own savepoint so that one refused write (``InsufficientQuota``...) rolls back alone. With
-  ``synchronous=FULL`` that is one fsync for many requests;
-- other processes on the same file are serialised by ``BEGIN IMMEDIATE`` and ``busy_timeout``;
-- when the worker is idle (and, in the gateway, one request is in flight: under load group
-  commit is worth more), a write that a request waits for runs on the event loop itself, with
-  the batch still open (:meth:`SQLiteStore._inline`): waking an idle thread and being woken
-  back cost about 80 µs, more than the transaction. Only with ``synchronous`` NORMAL or OFF (a
-  commit then writes the WAL without waiting for the disk), and only if the write lock is free
-  at once (never waiting on the loop for another process). The connection lock keeps the two
-  threads from using the connection at the same time.
-
-sqlite3 errors that mean the database cannot be used (full, read-only, I/O, locked, corrupt)
-become :class:`~gateway.errors.StorageUnavailable` at one boundary (:func:`_storage_errors`),
-after the transaction was rolled back.
+How work reaches the connection (one worker thread, group commit, writes on the loop when it
+is idle, errors at one boundary) is :mod:`gateway.storage.sqlite_writer`; what is written is
+here. One process serves a file (the lock file in :mod:`gateway.services`), so reservations
+are decided in memory and their rows written behind (:mod:`gateway.storage.holds`).
 """
 
 from __future__ import annotations
@@ -33,9 +14,8 @@ import dataclasses
 import json
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -66,6 +46,14 @@ from gateway.storage.rules import (
     check_settle,
     new_transfer,
 )
+from gateway.storage.sqlite_writer import (
+    BUGS,
+    Lost,
+    Op,
+    Writer,
+    call_in_worker,
+    storage_errors,
+)
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
@@ -73,17 +61,9 @@ T = TypeVar("T")
 Row = tuple[Any, ...]
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_MAX_BATCH = 64  # writes per group commit
 #: A request still running this long gets its reservation row (for crash recovery, and for
 #: other processes to see the hold); a quicker one never needs one.
 ROW_AFTER_S = 1.0
-# sqlite3 errors that mean a bug, not an unavailable database: they are not StorageUnavailable
-_BUGS = (
-    sqlite3.IntegrityError,
-    sqlite3.ProgrammingError,
-    sqlite3.InterfaceError,
-    sqlite3.NotSupportedError,
-)
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 # Ordered schema steps: ``PRAGMA user_version`` is the number of steps applied. Append new steps;
@@ -194,29 +174,19 @@ class SQLiteStore(Store):
         self.path = path
         self.synchronous = synchronous.upper()
         self.busy_timeout_s = busy_timeout_s
-        self._db: aiosqlite.Connection | None = None
-        #: Writes waiting for the worker's next transaction; the loop adds to it, the worker
-        #: closes it when it starts on it (both under ``_batch_lock``).
-        self._open_batch: _Batch | None = None
-        self._unrun = 0  # batches sent to the worker and not run yet (the open one included)
-        self._batch_lock = threading.Lock()
+        self._writer: Writer | None = None
         #: Reservations decided on the loop, their rows written behind (storage/holds.py).
         self._holds = Holds()
         #: Reservations without a row yet, and the timer that writes it (None once their
         #: settlement is under way); loop only.
         self._rowless: dict[str, tuple[asyncio.TimerHandle | None, Reservation]] = {}
-        #: Held by whichever thread uses the connection: the worker, or the loop (inline).
-        self._conn_lock = threading.Lock()
-        self._inline_ok = self.synchronous in ("OFF", "NORMAL")
         #: Whether to run a write inline now (the gateway says: when it serves one request).
         self.inline_when: Callable[[], bool] = lambda: True
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
-        #: The last write failed for want of storage (disk full, I/O): ping probes a write.
-        self._unwritable = False
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
-        if self._db is not None:
+        if self._writer is not None:
             return
         if sqlite3.sqlite_version_info < _MIN_SQLITE:
             raise StorageUnavailable(
@@ -225,21 +195,27 @@ class SQLiteStore(Store):
         target, uri = self.path, self.path.startswith("file:")
         if not migrate and not uri and self.path != ":memory:":
             target, uri = self._existing_uri, True  # never create a file
-        with _storage_errors(f"cannot open SQLite database {self.path!r}"):
+        with storage_errors(f"cannot open SQLite database {self.path!r}"):
             # Probe first: when aiosqlite's connect fails it stops its worker thread without
             # waiting for it, and the thread may then die on a closed event loop.
             await asyncio.to_thread(lambda: sqlite3.connect(target, uri=uri).close())
-            # check_same_thread off: the loop uses the connection too, under _conn_lock
+            # check_same_thread off: the loop may use the connection too (sqlite_writer.py)
             db = await aiosqlite.connect(
                 target, uri=uri, isolation_level=None, check_same_thread=False
             )
         try:
-            with _storage_errors(f"cannot open SQLite database {self.path!r}"):
-                await _call_in_worker(db, partial(self._setup, migrate=migrate))
+            with storage_errors(f"cannot open SQLite database {self.path!r}"):
+                await call_in_worker(db, partial(self._setup, migrate=migrate))
         except BaseException:
             await db.close()
             raise
-        self._db = db
+        self._writer = Writer(
+            db,
+            self._holds,
+            busy_timeout_s=self.busy_timeout_s,
+            inline_ok=self.synchronous in ("OFF", "NORMAL"),
+            inline_when=lambda: self.inline_when(),
+        )
 
     def _setup(self, conn: sqlite3.Connection, *, migrate: bool) -> None:
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
@@ -265,130 +241,26 @@ class SQLiteStore(Store):
             if timer is not None:
                 timer.cancel()
         self._rowless.clear()
-        batch = self._open_batch
-        if batch is not None and batch.task is not None:  # rows written behind, not waited for
-            with contextlib.suppress(Exception):
-                await asyncio.shield(batch.task)
-        db, self._db = self._db, None
-        if db is not None:
-            with _storage_errors("cannot close the SQLite database"):
-                await db.close()
-            self._open_batch = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await writer.close()
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchall())
-        if self._unwritable:  # reads work on a full disk: only a write tells it is back
+        if self._open().unwritable:  # reads work on a full disk: only a write tells it is back
             await self._write(_probe_write)
 
+    def _open(self) -> Writer:
+        writer = self._writer
+        if writer is None:
+            raise StorageUnavailable("storage is not open")
+        return writer
+
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        db = self._db
-        if db is None:
-            raise StorageUnavailable("storage is not open")
-        with _storage_errors("storage unavailable"):
-            return await _call_in_worker(db, partial(self._locked, fn))
+        return await self._open().read(fn)
 
-    def _locked(self, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
-        """In the worker: ``fn`` with the connection to itself."""
-        with self._conn_lock:
-            return fn(conn)
-
-    async def _write(
-        self, fn: Callable[[sqlite3.Connection], T], lost: _Lost | None = None
-    ) -> T:
-        """Run ``fn`` as one transaction; return once it is committed.
-
-        Group commit: the write joins the open batch, or opens one and sends it to the worker.
-        The worker closes a batch when it starts on it and runs its writes, each in its own
-        savepoint, under one ``COMMIT``: one hop to the worker and one back per batch, however
-        many writes it holds. A write that joined a batch runs, whole, even if its caller is
-        cancelled meanwhile.
-        """
-        op = _Op(fn, lost)
-        inline = self._inline_ok and self.inline_when() and self._inline(op)
-        batch = None if inline else self._submit(op)
-        try:
-            with _storage_errors("storage unavailable"):
-                try:
-                    if batch is not None:
-                        assert batch.task is not None
-                        await asyncio.shield(batch.task)
-                except asyncio.CancelledError:
-                    raise  # the batch runs all the same, this write with it
-                except BaseException as exc:
-                    if not op.done:  # the batch never ran (the connection closed first)
-                        op.done, op.error = True, exc
-                if not op.done:
-                    raise RuntimeError("a queued storage write did not run")
-                if op.error is not None:
-                    raise op.error
-        except StorageUnavailable:
-            self._unwritable = True
-            raise
-        self._unwritable = False
-        return cast(T, op.result)
-
-    def _submit(self, op: _Op) -> _Batch:
-        """Add ``op`` to the open batch, or open one and send it to the worker."""
-        db = self._db
-        if db is None:
-            raise StorageUnavailable("storage is not open")
-        with self._batch_lock:
-            batch = self._open_batch
-            opened = batch is None or len(batch.ops) >= _MAX_BATCH
-            if opened:
-                batch = self._open_batch = _Batch()
-                self._unrun += 1
-            assert batch is not None
-            batch.ops.append(op)
-        if opened:
-            batch.task = asyncio.ensure_future(_call_in_worker(db, partial(self._drain, batch)))
-            batch.task.add_done_callback(_retrieve)  # written-behind ops have no awaiter
-        return batch
-
-    def _drain(self, batch: _Batch, conn: sqlite3.Connection) -> None:
-        """In the worker: close ``batch`` to newcomers, then run it as one transaction (unless
-        the loop ran it already, inline)."""
-        with self._conn_lock:
-            with self._batch_lock:
-                if batch.ran:
-                    return
-                batch.ran = True
-                self._unrun -= 1
-                if self._open_batch is batch:
-                    self._open_batch = None
-            _run_batch(conn, batch.ops, self._holds)
-
-    def _inline(self, op: _Op) -> bool:
-        """Run ``op`` now, on the loop, if the worker is idle: with the open batch (written-
-        behind rows queued before it), in one transaction. False: the worker must run it."""
-        db = self._db
-        if db is None or not self._conn_lock.acquire(blocking=False):
-            return False
-        try:
-            with self._batch_lock:
-                batch = self._open_batch
-                # Writes run in the order they were queued: not if an earlier batch waits.
-                if self._unrun > (batch is not None):
-                    return False
-                if batch is not None:
-                    if len(batch.ops) >= _MAX_BATCH:
-                        return False
-                    batch.ran = True  # the worker's drain of it will find nothing to do
-                    self._unrun -= 1
-                    self._open_batch = None
-            conn = db._conn
-            if not _begin_at_once(conn, self.busy_timeout_s):
-                if batch is not None:  # give it back to the worker (only the loop opens one)
-                    with self._batch_lock:
-                        batch.ran = False
-                        self._unrun += 1
-                        self._open_batch = batch
-                return False
-            ops = [*batch.ops, op] if batch is not None else [op]
-            _run_batch(conn, ops, self._holds, begun=True)
-            return True
-        finally:
-            self._conn_lock.release()
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], lost: Lost | None = None) -> T:
+        return await self._open().write(fn, lost)
 
     # -- wallets and money -----------------------------------------------------------------
     async def create_wallet(self, name: str, balance: int = 0) -> Wallet:
@@ -571,7 +443,7 @@ class SQLiteStore(Store):
                 return None
         now = time.time()
         reservation = Reservation(rid, wallet_id, key_id, request_id, amount, now, now + lease_s)
-        if self._unwritable:
+        if self._open().unwritable:
             # The last write failed for want of storage: this row is written now and waited
             # for, so that no request goes upstream while its reservation cannot be written.
             op = self._row_op(reservation)
@@ -588,7 +460,7 @@ class SQLiteStore(Store):
         op = self._row_op(reservation)
         if op is not None:
             with contextlib.suppress(StorageUnavailable):  # closed: nothing to write to
-                self._submit(op)
+                self._open().submit(op)
 
     def _stop_row_timer(self, reservation: Reservation) -> None:
         """Its settlement is under way: no row for it, unless that fails (then the sweeper's
@@ -598,7 +470,7 @@ class SQLiteStore(Store):
             entry[0].cancel()
             self._rowless[reservation.id] = (None, reservation)
 
-    def _row_op(self, reservation: Reservation) -> _Op | None:
+    def _row_op(self, reservation: Reservation) -> Op | None:
         """The write of a reservation's row, if it has none yet and is not settled."""
         holds = self._holds
         claimed = holds.claim_row(reservation.id)
@@ -625,12 +497,14 @@ class SQLiteStore(Store):
             holds.wrote(wallet_id, amount)
             holds.seen(wallet_id, balance - reserved - row)
 
+        writer = self._open()
+
         def lost(error: BaseException) -> None:  # in the worker
             holds.lost(r.id, wallet_id, amount)
-            if isinstance(error, sqlite3.Error) and not isinstance(error, _BUGS):
-                self._unwritable = True
+            if isinstance(error, sqlite3.Error) and not isinstance(error, BUGS):
+                writer.unwritable = True
 
-        return _Op(tx, lost)
+        return Op(tx, lost)
 
     async def _read_available(self, wallet_id: str) -> bool:
         """Read the wallet's ``balance - reserved`` into the holds; False: no such wallet."""
@@ -658,7 +532,7 @@ class SQLiteStore(Store):
                 entry[0].cancel()
             write_row = self._row_op(reservation)
             if write_row is not None:
-                self._submit(write_row)
+                self._open().submit(write_row)
 
         def tx(conn: sqlite3.Connection) -> Row | None:
             avail = conn.execute(
@@ -854,121 +728,6 @@ class SQLiteStore(Store):
             return _key(rows[0]) if rows else None
 
         return await self._write(tx)
-
-
-# -- the boundary to aiosqlite and sqlite3 ---------------------------------------------------
-
-
-async def _call_in_worker(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
-    """Run ``fn(sqlite3_connection)`` on the connection's worker thread: one hop, whole.
-
-    PRIVATE API of aiosqlite (checked with 0.20 to 0.22): ``Connection._execute`` queues a
-    callable on the thread that owns the sqlite3 connection and awaits its result, and
-    ``Connection._conn`` is that sqlite3 connection. aiosqlite has no public way to run a
-    callable there; this function is the only place that relies on its internals.
-    """
-    raw = db._conn
-    return cast(T, await db._execute(fn, raw))  # type: ignore[no-untyped-call]
-
-
-@contextlib.contextmanager
-def _storage_errors(context: str) -> Iterator[None]:
-    """sqlite3 errors that mean "cannot read or write now" (disk full, read-only, I/O, locked,
-    corrupt) become ``StorageUnavailable``. Integrity and programming errors are bugs and pass."""
-    try:
-        yield
-    except _BUGS:
-        raise
-    except sqlite3.Error as exc:
-        raise StorageUnavailable(f"{context}: {exc}") from exc
-
-
-#: Told, in the worker, that a write was not committed (and why).
-_Lost = Callable[[BaseException], None]
-
-
-class _Op:
-    """A write waiting for the worker: its callable, then its outcome."""
-
-    __slots__ = ("done", "error", "fn", "lost", "result")
-
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any], lost: _Lost | None = None) -> None:
-        self.fn = fn
-        #: Called in the worker if the write ends up not committed (written-behind writes).
-        self.lost = lost
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = False
-
-
-class _Batch:
-    """Writes committed together, and the task that hands them to the worker."""
-
-    __slots__ = ("ops", "ran", "task")
-
-    def __init__(self) -> None:
-        self.ops: list[_Op] = []
-        self.task: asyncio.Future[None] | None = None
-        self.ran = False  # taken by the worker, or run inline by the loop
-
-
-def _run_batch(
-    conn: sqlite3.Connection, ops: list[_Op], holds: Holds, *, begun: bool = False
-) -> None:
-    """Run ``ops`` in one transaction, each in a savepoint: an op that raises is rolled back
-    alone. If the transaction itself fails (BEGIN, COMMIT, or an error after which SQLite rolled
-    everything back, like a full disk), every op fails with that error and nothing is written.
-    ``holds`` journals what the ops did to reservations held on the loop, applied on commit."""
-    try:
-        if not begun:
-            conn.execute("BEGIN IMMEDIATE")
-        for op in ops:
-            conn.execute("SAVEPOINT op")
-            holds.begin_write()
-            try:
-                op.result = op.fn(conn)
-            except Exception as exc:
-                op.error = exc
-                holds.drop_write()
-                if not conn.in_transaction:
-                    raise
-                conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-        conn.execute("COMMIT")
-        holds.commit()
-    except BaseException as exc:
-        holds.rollback()
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        for op in ops:
-            if op.error is None:
-                op.error, op.result = exc, None
-    finally:
-        for op in ops:
-            op.done = True
-            if op.error is not None and op.lost is not None:
-                op.lost(op.error)
-
-
-def _begin_at_once(conn: sqlite3.Connection, busy_timeout_s: float) -> bool:
-    """``BEGIN IMMEDIATE`` unless another connection holds the write lock: False then, at once
-    (the event loop must never wait for another process)."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        return True
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    """A batch's outcome is in its ops; a batch that never ran (the connection closed first)
-    must not be reported as an exception nobody retrieved."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _in_transaction(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
