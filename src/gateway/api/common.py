@@ -57,9 +57,7 @@ def json_response(content: Any, status: int = 200) -> Response[bytes]:
     )
 
 
-async def unless_client_leaves(
-    receive: Receive, work: Awaitable[T], *, watch_after_s: float = _WATCH_AFTER_S
-) -> T:
+async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
     """Await ``work``, cancelling it at once if the client disconnects meanwhile (so a
     non-streamed upstream request is closed, not waited for): ``ClientGone`` then. Call after
     the body was read: the only message left to receive then is the disconnect."""
@@ -83,7 +81,7 @@ async def unless_client_leaves(
         watcher = asyncio.create_task(watch(), name="disconnect-watch")
 
     # Most answers come back sooner than this: they never pay for a watcher task.
-    timer = asyncio.get_running_loop().call_later(watch_after_s, start)
+    timer = asyncio.get_running_loop().call_later(_WATCH_AFTER_S, start)
     try:
         return await work
     except asyncio.CancelledError:
