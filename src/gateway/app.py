@@ -76,7 +76,7 @@ def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes
 
 def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.error("internal_error", path=request.url.path, exc_info=exc)
-    err = GatewayError("The gateway failed to handle this request.", code="internal_error")
+    err = GatewayError.internal()
     return _render(err)
 
 

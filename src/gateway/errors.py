@@ -61,6 +61,11 @@ class GatewayError(Exception):
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
 
+    @classmethod
+    def internal(cls) -> GatewayError:
+        """What a client gets for a bug of the gateway's: no detail of it leaks."""
+        return cls("The gateway failed to handle this request.", code="internal_error")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "error": {

@@ -110,7 +110,7 @@ class MeteredAPI:
             if started:
                 raise
             log.error("internal_error", path=scope["path"], exc_info=exc)
-            err = GatewayError("The gateway failed to handle this request.", code="internal_error")
+            err = GatewayError.internal()
             await respond(err.status, err.to_json(), [_JSON])
 
     async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
