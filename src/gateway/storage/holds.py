@@ -1,28 +1,30 @@
-"""Reservations a SQLite store decides on the event loop and writes behind.
+"""Reservations a SQLite store decides on the event loop, their rows written later if at all.
 
-One process serves a SQLite file (the lock file in :mod:`gateway.services`), and its storage
-worker runs every write in order. So the store can decide a reservation at once, against what
-it knows of the wallet, and let the reservation row follow in the next group commit instead of
-waiting a round trip to the worker for it: the request goes upstream meanwhile, and the
-settlement, queued after the row, is the write a request waits for.
+One process serves a SQLite file (the lock file in :mod:`gateway.services`), and its writes run
+one transaction at a time, in order (:mod:`gateway.storage.sqlite_writer`). So the store can
+decide a reservation at once, against what it knows of the wallet, instead of waiting a round
+trip to storage: the request goes upstream meanwhile. A request still running after
+``ROW_AFTER_S`` gets its reservation row; a quicker one is settled without one
+(:meth:`Holds.settle_rowless`), so its settlement is its only write.
 
 Per wallet, :class:`Holds` keeps
 
-- ``known``: the wallet's ``balance - reserved`` as the worker last committed it;
-- ``pending``: what the loop has held since, whose rows are not committed yet;
+- ``known``: the wallet's ``balance - reserved`` as last committed;
+- ``pending``: what the loop has held since, with no committed row;
 
-so the loop may hold up to ``known - pending``. The worker keeps both right: committing a
-reservation row moves its amount from ``pending`` into ``known``; a settlement, credit or
-transfer records the wallet's new figure (or forgets it, to be read again); a row that could
-not be written is dropped from ``pending`` and its reservation id remembered as lost, so that
-its settlement charges from the wallet instead of finding nothing to release.
+so the loop may hold up to ``known - pending``. Transactions keep both right: committing a
+reservation row, or settling a reservation that has none, takes its amount out of
+``pending``; a settlement, credit or transfer records the wallet's new figure (or forgets it,
+to be read again); a row that could not be written is dropped from ``pending`` and its
+reservation id remembered as lost, so that its settlement charges from the wallet instead of
+finding nothing to release.
 
-Inside a transaction the worker sees its own uncommitted rows in the database, so
+Inside a transaction the database shows the transaction's own uncommitted rows, so
 :meth:`unwritten` (``pending`` minus what this transaction wrote) is what other decisions
 there must still leave alone. Effects are journalled per write and applied only when the
-transaction commits.
-
-The loop and the worker share this object; every method takes ``_lock`` once, briefly.
+transaction commits. The journal belongs to whichever thread runs the transaction (the
+writer's connection lock lets one at a time); what the loop reads (``known``, ``pending``,
+the rowless reservations) is under ``_lock``.
 """
 
 from __future__ import annotations
@@ -51,14 +53,14 @@ class Holds:
         self._lost: set[str] = set()
         #: Reservations whose rows are not written yet: id -> (wallet, amount).
         self._rowless: dict[str, tuple[str, int]] = {}
-        self._journal = _Journal()  # the worker's only
+        self._journal = _Journal()  # the transaction's thread only
 
     # -- the event loop --------------------------------------------------------------------
     def take(self, reservation_id: str, wallet_id: str, minimum: int, maximum: int) -> int | None:
         """Hold up to ``maximum`` (at least ``minimum``) of the wallet for a reservation whose
         row is not written yet; None when this cannot say yes: the wallet is not known yet, or
         looks short (another process may have credited it since). Then read it (:meth:`read`
-        in the worker) and ask again."""
+        in storage) and ask again."""
         with self._lock:
             known = self._known.get(wallet_id)
             if known is None:
@@ -83,13 +85,13 @@ class Holds:
         with self._lock:
             return self._pending.get(wallet_id, 0)
 
-    # -- the worker, outside a transaction ---------------------------------------------------
+    # -- storage, outside a transaction ------------------------------------------------------
     def read(self, wallet_id: str, available: int) -> None:
         """The wallet's committed ``balance - reserved``, just read."""
         with self._lock:
             self._known[wallet_id] = available
 
-    # -- the worker, inside a transaction ---------------------------------------------------
+    # -- storage, inside a transaction ------------------------------------------------------
     def unwritten(self, wallet_id: str) -> int:
         """Held on the loop and not yet in the database as this transaction sees it."""
         written = sum(amount for wallet, amount in self._journal.written if wallet == wallet_id)
@@ -128,7 +130,7 @@ class Holds:
         with self._lock:
             return reservation_id in self._lost
 
-    # -- the worker, around a transaction ---------------------------------------------------
+    # -- storage, around a transaction ------------------------------------------------------
     def begin_write(self) -> None:
         journal = self._journal
         journal.mark = (len(journal.written), len(journal.seen), len(journal.settled))

@@ -450,13 +450,18 @@ class SQLiteStore(Store):
             if op is not None:
                 await self._write(op.fn, op.lost)
         else:
-            timer = asyncio.get_running_loop().call_later(ROW_AFTER_S, self._row_due, reservation)
+            timer = asyncio.get_running_loop().call_later(
+                ROW_AFTER_S, self._write_row_now, reservation
+            )
             self._rowless[rid] = (timer, reservation)
         return reservation
 
-    def _row_due(self, reservation: Reservation) -> None:
-        """The request is still running: write its reservation row (behind, not waited for)."""
-        self._rowless.pop(reservation.id, None)
+    def _write_row_now(self, reservation: Reservation) -> None:
+        """Write the reservation's row, behind (not waited for), if it has none: its request
+        is still running after ``ROW_AFTER_S``, it grows, or its lease is being released."""
+        entry = self._rowless.pop(reservation.id, None)
+        if entry is not None and entry[0] is not None:
+            entry[0].cancel()
         op = self._row_op(reservation)
         if op is not None:
             with contextlib.suppress(StorageUnavailable):  # closed: nothing to write to
@@ -526,13 +531,7 @@ class SQLiteStore(Store):
         check_bounds(minimum, maximum)
         expires = time.time() + (reservation.expires_at - reservation.created_at)
         wallet_id = reservation.wallet_id
-        entry = self._rowless.pop(reservation.id, None)
-        if entry is not None:  # the row first, then its growth
-            if entry[0] is not None:
-                entry[0].cancel()
-            write_row = self._row_op(reservation)
-            if write_row is not None:
-                self._open().submit(write_row)
+        self._write_row_now(reservation)  # the row first (queued before), then its growth
 
         def tx(conn: sqlite3.Connection) -> Row | None:
             avail = conn.execute(
@@ -625,11 +624,9 @@ class SQLiteStore(Store):
         return written
 
     async def release_expired(self, now: float, *, all_: bool = False) -> int:
-        for timer, reservation in list(self._rowless.values()):
+        for _, reservation in list(self._rowless.values()):
             if all_ or reservation.expires_at < now:  # released like the rest: row, then release
-                if timer is not None:
-                    timer.cancel()
-                self._row_due(reservation)
+                self._write_row_now(reservation)
 
         def tx(conn: sqlite3.Connection) -> int:
             returning = " RETURNING wallet_id, key_id, request_id, amount"
