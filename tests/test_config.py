@@ -404,6 +404,7 @@ def test_port_in_range(port: int) -> None:
         ("[metering]\ndefault_reserve_tokens = 0\n", ["metering", "token"]),
         (BACKEND_A + "timeout_s = 0\n", ["backends[0]", "timeout"]),
         (BACKEND_A + "connect_timeout_s = -1\n", ["backends[0]", "timeout"]),
+        ("[ratelimit]\ntimeout_s = 0\n", ["ratelimit", "timeout_s"]),
         (
             '[[backends]]\nname = "d"\nkind = "demo"\ndemo_delay_s = -1\n',
             ["backends[0]", "demo_delay_s"],
@@ -427,6 +428,7 @@ def test_values_out_of_range(text: str, words: list[str]) -> None:
         ("[routing]", "cooldown_s"),  # a NaN cooldown would keep a circuit open for ever
         ("[storage]", "reservation_lease_s"),
         ("[server]", "graceful_shutdown_s"),
+        ("[ratelimit]", "timeout_s"),
     ],
     ids=_short_id,
 )

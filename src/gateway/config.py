@@ -148,10 +148,14 @@ class MeteringConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
 class RateLimitConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
     #: Redis URL for limits shared by several instances; empty: counted in this process.
     redis_url: str = ""
+    #: Seconds Redis gets to connect or answer (twice that for a whole call) before the request
+    #: goes through unlimited (fails open).
+    timeout_s: float = 0.25
 
     def __post_init__(self) -> None:
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise _problem("redis_url", "must start with redis://, rediss:// or unix://")
+        _check_seconds(self, "timeout_s", strict=True)
 
 
 class LoggingConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

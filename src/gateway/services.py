@@ -69,7 +69,10 @@ class Services:
         if self.config.ratelimit.redis_url:
             from gateway.ratelimit_redis import RedisLimiter
 
-            self.limiter = RedisLimiter(self.config.ratelimit.redis_url, metrics=self.metrics)
+            limits = self.config.ratelimit
+            self.limiter = RedisLimiter(
+                limits.redis_url, metrics=self.metrics, timeout_s=limits.timeout_s
+            )
         self._session = open_session()
         for backend in self.config.backends:
             if backend.kind == "demo":

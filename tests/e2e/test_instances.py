@@ -417,7 +417,9 @@ async def test_keys_and_credits_made_through_one_instance_hold_on_the_other(
 # -- rate limits shared through Redis ------------------------------------------------------------
 async def test_rpm_shared_through_redis(cluster: Cluster) -> None:
     _require_redis()
-    (a, b), _upstream = cluster(2, ratelimit={"redis_url": REDIS_URL})
+    # a generous timeout: on a machine busy with other tests a call can take longer than the
+    # default 0.25 s, and one slow answer lets the requests of the next second through unlimited
+    (a, b), _upstream = cluster(2, ratelimit={"redis_url": REDIS_URL, "timeout_s": 2.0})
     rpm = 6  # one request back every 10 s: none comes back during the test
     with a.admin() as admin:
         wallet_id = admin.make_wallet("10")
