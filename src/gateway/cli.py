@@ -224,7 +224,7 @@ def _serve(args: argparse.Namespace, config: Config, path: str) -> int:
     # uvicorn drains in-flight requests on SIGTERM, then re-raises the signal for the previous
     # handler: make that a clean exit (status 0), as service managers expect.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(create_app(config), **options)
+    uvicorn.run(create_app(config, own_process=True), **options)
     return 0
 
 
@@ -248,7 +248,7 @@ def app_from_env() -> Any:
 
     config = load_config(os.environ[_CONFIG_ENV])
     configure_logging(config.logging.level, config.logging.format)
-    return create_app(config)
+    return create_app(config, own_process=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,66 @@
+"""The app's process-wide tuning: only when the app is all its process serves."""
+
+from __future__ import annotations
+
+import gc
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from litestar import Litestar
+from litestar.exceptions import LitestarDeprecationWarning
+from litestar.testing import TestClient
+
+from gateway.app import create_app
+from gateway.config import parse_config
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def _app(tmp_path: Path, *, own_process: bool = False) -> Litestar:
+    with warnings.catch_warnings():  # litestar's deprecation notes about handler signatures
+        warnings.simplefilter("ignore", LitestarDeprecationWarning)
+        return create_app(parse_config(_config(tmp_path)), own_process=own_process)
+
+
+def _config(tmp_path: Path) -> str:
+    return f"""
+[storage]
+url = "sqlite:///{tmp_path / "gateway.db"}"
+
+[[backends]]
+name = "demo"
+kind = "demo"
+
+[[routes]]
+model = "m"
+backend = "demo"
+input_price = "1"
+output_price = "1"
+"""
+
+
+def test_a_served_process_freezes_its_startup_heap(tmp_path: Path, restored_gc: None) -> None:
+    gc.unfreeze()
+    app = _app(tmp_path, own_process=True)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 10_000  # the modules, config and services
+        assert gc.get_threshold()[0] == 10_000
+
+
+def test_an_embedded_app_leaves_the_collector_alone(tmp_path: Path, restored_gc: None) -> None:
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    app = _app(tmp_path)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == (700, 10, 10)
