@@ -459,6 +459,77 @@ def test_decode_chunk_refuses_what_is_not_a_chunk(data: bytes) -> None:
     assert issubclass(msgspec.DecodeError, ValueError)
 
 
+# -- the stream's fast path ----------------------------------------------------------------------
+_deltas = st.fixed_dictionaries(
+    {},
+    optional={
+        "role": st.just("assistant"),
+        "content": st.one_of(st.none(), st.text(max_size=8)),
+        "reasoning_content": st.one_of(st.none(), st.text(max_size=4)),
+        "refusal": st.one_of(st.none(), st.text(max_size=4)),
+        "tool_calls": st.one_of(
+            st.none(), st.just([{"index": 0, "function": {"name": "f", "arguments": "{}"}}])
+        ),
+        "function_call": st.one_of(st.none(), st.just({"name": "f"})),
+    },
+)
+_choices = st.fixed_dictionaries(
+    {"index": st.integers(0, 3)},
+    optional={
+        "delta": st.one_of(st.none(), _deltas),
+        "message": st.one_of(st.none(), _deltas),
+        "text": st.one_of(st.none(), st.text(max_size=4)),
+        "finish_reason": st.sampled_from([None, "stop"]),
+    },
+)
+_chunks = st.fixed_dictionaries(
+    {},
+    optional={
+        "choices": st.one_of(st.none(), st.lists(_choices, max_size=3)),
+        "usage": st.one_of(st.none(), st.just({"prompt_tokens": 1, "completion_tokens": 2})),
+        "error": st.one_of(st.none(), st.just({"message": "overloaded"})),
+    },
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(chunk=_chunks)
+def test_the_fast_path_reads_a_chunk_as_the_full_reading_does(chunk: dict[str, Any]) -> None:
+    """Whatever the fast path answers for, it reads as :meth:`read_event` does (an empty
+    text is no text)."""
+    data = json.dumps(chunk).encode()
+    plain = DIALECT.plain_text(data)
+    step = DIALECT.read_event(Event(raw=b"data: " + data + b"\n\n", data=data, event=None))
+    if plain is not None:  # declining is always safe: the full reading then reads it
+        index, text = plain
+        assert step.action is Action.CONTENT
+        assert step.usage is None
+        assert step.texts == (((index, text),) if text else ())
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b'{"choices": [{"index": 0, "delta": {"content": " word"}}]}', (0, " word")),
+        (b'{"choices": [{"index": 2, "delta": {"role": "assistant"}}]}', (2, "")),
+        (b'{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}', (0, "")),
+        (b'{"choices": [], "usage": {"prompt_tokens": 1}}', None),
+        (b'{"choices": [{"delta": {"content": "a"}}], "usage": {"prompt_tokens": 1}}', None),
+        (b'{"choices": [{"delta": {"tool_calls": [{"function": {"name": "f"}}]}}]}', None),
+        (b'{"choices": [{"delta": {"content": "a"}}, {"index": 1, "delta": {}}]}', None),
+        (b'{"choices": [{"index": 0, "text": "legacy"}]}', None),
+        (b'{"error": {"message": "overloaded"}}', None),
+        (b"[DONE]", None),
+        (b"not json", None),
+    ],
+    ids=lambda v: v.decode()[:40] if isinstance(v, bytes) else repr(v),
+)
+def test_the_fast_path_takes_only_one_plain_delta(
+    data: bytes, expected: tuple[int, str] | None
+) -> None:
+    assert DIALECT.plain_text(data) == expected
+
+
 # -- the hot path's affordability check -------------------------------------------------------
 @settings(max_examples=500, deadline=None)
 @given(

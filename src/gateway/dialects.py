@@ -149,6 +149,13 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def read_event(self, event: Event) -> Step: ...
 
+    def plain_text(self, data: bytes) -> tuple[int, str] | None:
+        """The fast path for the bulk of a stream: the (choice index, text) of an event's data
+        when that text is all there is to meter and the event is relayed unchanged (CONTENT,
+        rendered as received). None for any other event, which :meth:`read_event` reads; a
+        dialect without a fast path answers None for all."""
+        return None
+
     def render_event(self, event: Event, step: Step) -> bytes:
         """What the client gets for a relayed event (empty: nothing)."""
         return event.raw
@@ -189,6 +196,9 @@ class OpenAIDialect(Dialect):
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise UpstreamError("the backend sent an unreadable answer") from exc
         return reported(answer.usage), choice_texts(answer.choices)
+
+    def plain_text(self, data: bytes) -> tuple[int, str] | None:
+        return wire.plain_delta(data)
 
     def read_event(self, event: Event) -> Step:
         step = framing(event)

@@ -519,49 +519,55 @@ class Relay:
             async for events in _reads(first, parser, chunks):
                 out: list[bytes] = []
                 for event in events:
-                    step = dialect.read_event(event)
-                    action = step.action
-                    if action is Action.CONTENT:
-                        texts = step.texts
-                        if texts:
-                            # Cheap on the hot path: the texts' UTF-8 length bounds their
-                            # tokens from above; tiktoken runs only near the reservation.
-                            bound = meter.peek_bound(texts)
-                            if meter.fits(bound, settlement.reserved):
-                                meter.record(texts, bound)
-                            elif not await self._afford_exactly(meter, texts, settlement):
-                                status = UsageStatus.CUT_OFF
-                                error = InsufficientQuota(
-                                    "The wallet cannot pay for more of this answer: "
-                                    "the stream was ended."
-                                )
-                                ended = True
-                                break
-                        if step.usage is not None:
+                    data = event.data
+                    plain = None if data is None else dialect.plain_text(data)
+                    if plain is not None:  # most events: one choice's text, relayed as is
+                        texts: Texts = (plain,)
+                        usage = None
+                    else:
+                        step = dialect.read_event(event)
+                        action = step.action
+                        if action is Action.USAGE:
                             meter.reported = step.usage
-                    elif action is Action.USAGE:
-                        meter.reported = step.usage
-                        if plan.wants_usage:
+                            if plan.wants_usage:
+                                held.append(event.raw)
+                            continue
+                        if action is Action.DONE:
+                            if step.usage is not None:
+                                meter.reported = step.usage
                             held.append(event.raw)
-                        continue
-                    elif action is Action.DONE:
-                        if step.usage is not None:
-                            meter.reported = step.usage
-                        held.append(event.raw)
-                        ended = True
-                        break
-                    elif action is Action.ERROR:
-                        status = UsageStatus.UPSTREAM_ERROR
-                        if step.usage is not None:
-                            meter.reported = step.usage
-                        held.append(response.redact(dialect.render_event(event, step)))
-                        ended = True
-                        break
-                    elif action is Action.DROP:
-                        log.warning("upstream_bad_event", request_id=settlement.request_id)
-                        continue
-                    rendered = dialect.render_event(event, step)
-                    if rendered:
+                            ended = True
+                            break
+                        if action is Action.ERROR:
+                            status = UsageStatus.UPSTREAM_ERROR
+                            if step.usage is not None:
+                                meter.reported = step.usage
+                            held.append(response.redact(dialect.render_event(event, step)))
+                            ended = True
+                            break
+                        if action is Action.DROP:
+                            log.warning("upstream_bad_event", request_id=settlement.request_id)
+                            continue
+                        texts, usage = step.texts, step.usage  # CONTENT, or PASS: no texts
+                    if texts:
+                        # Cheap on the hot path: the texts' UTF-8 length bounds their
+                        # tokens from above; tiktoken runs only near the reservation.
+                        bound = meter.peek_bound(texts)
+                        if meter.fits(bound, settlement.reserved):
+                            meter.record(texts, bound)
+                        elif not await self._afford_exactly(meter, texts, settlement):
+                            status = UsageStatus.CUT_OFF
+                            error = InsufficientQuota(
+                                "The wallet cannot pay for more of this answer: "
+                                "the stream was ended."
+                            )
+                            ended = True
+                            break
+                    if usage is not None:
+                        meter.reported = usage
+                    if plain is not None:
+                        out.append(event.raw)
+                    elif rendered := dialect.render_event(event, step):  # once it is paid for
                         out.append(rendered)
                 if out:
                     yield b"".join(out)

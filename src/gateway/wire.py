@@ -11,6 +11,7 @@ __all__ = [
     "Usage",
     "decode_answer",
     "decode_chunk",
+    "plain_delta",
 ]
 
 
@@ -126,6 +127,24 @@ def decode_chunk(data: bytes) -> Chunk:
     except msgspec.ValidationError:
         lenient = _lenient.decode(data)
         return Chunk(lenient.choices, _lenient_usage(lenient.raw_usage), lenient.error)
+
+
+def plain_delta(data: bytes) -> tuple[int, str] | None:
+    """The (choice index, text) of a chunk that is one choice's text delta and nothing else to
+    meter (no usage, error, tool call, reasoning or refusal): most chunks of any stream. None for
+    every other chunk, an unreadable one included."""
+    try:
+        chunk = _chunk.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
+    choices = chunk.choices
+    if chunk.usage is not None or chunk.error is not None or choices is None or len(choices) != 1:
+        return None
+    choice = choices[0]
+    delta = choice.delta
+    if delta is None or choice.message is not None or choice.text or not content_only(delta):
+        return None
+    return choice.index, delta.content or ""
 
 
 def content_only(message: Message) -> bool:

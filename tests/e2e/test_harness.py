@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from e2e.helpers import chat_prompt_tokens, count, parse_sse, read_sse
+from e2e.helpers import chat_prompt_tokens, count, eventually, parse_sse, read_sse
 from gateway_proc import expected_cost, to_toml, write_config
 from upstream import DEFAULT_PROMPT_TOKENS, UpstreamServer, answer_text
 
@@ -70,7 +70,9 @@ async def test_chat_stream_reports_usage_only_when_asked(
     assert chunks[-1].usage.completion_tokens == 4
     assert chunks[-1].usage.prompt_tokens_details is not None
     assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 2
-    assert server.streams[-1].finished
+    # the server marks the stream finished once its last write returns, which may be after
+    # the client has read the last bytes
+    await eventually(lambda: server.streams[-1].finished, what="the stream to finish")
     assert server.streams[-1].chunks_sent == 4
 
 
