@@ -566,16 +566,16 @@ class SQLiteStore(Store):
         holds = self._holds
 
         def tx(conn: sqlite3.Connection) -> Usage:
-            held = conn.execute(
-                "DELETE FROM reservations WHERE id = ? RETURNING amount, wallet_id",
-                (reservation.id,),
-            ).fetchall()
-            if not held:
-                rowless = holds.rowless(reservation.id)
-                if rowless is not None:  # settled before its row was due: none is written
-                    holds.settle_rowless(reservation.id, *rowless)
-                    held = [(0, rowless[0])]
-                elif holds.is_lost(reservation.id):  # its row could not be written
+            rowless = holds.rowless(reservation.id)
+            if rowless is not None:  # settled before its row was due: none is written
+                holds.settle_rowless(reservation.id, *rowless)
+                held = [(0, rowless[0])]
+            else:
+                held = conn.execute(
+                    "DELETE FROM reservations WHERE id = ? RETURNING amount, wallet_id",
+                    (reservation.id,),
+                ).fetchall()
+                if not held and holds.is_lost(reservation.id):  # its row could not be written
                     held = [(0, reservation.wallet_id)]
             if not held:  # released by recovery: record what happened, charge nothing
                 written = dataclasses.replace(usage, cost=0, shortfall=cost)
