@@ -80,7 +80,8 @@ def _feed(meter: Meter, step: Step) -> int:
 # -- reported usage ------------------------------------------------------------------------------
 def test_reported_usage_is_authoritative() -> None:
     meter = _meter(prompt_tokens=10)
-    _observe_answer(meter,
+    _observe_answer(
+        meter,
         _answer(
             "a long answer whose own count does not matter at all",
             usage={
@@ -89,7 +90,7 @@ def test_reported_usage_is_authoritative() -> None:
                 "total_tokens": 12,
                 "prompt_tokens_details": {"cached_tokens": 3},
             },
-        )
+        ),
     )
     assert meter.usage() == TokenUsage(prompt_tokens=7, completion_tokens=5, cached_tokens=3)
     assert meter.cost(meter.usage()) == 16  # 4 * 1 + 3 * 0.5 + 5 * 2 = 15.5, rounded up

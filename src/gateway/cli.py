@@ -139,8 +139,11 @@ async def _manage(args: argparse.Namespace, config: Config) -> tuple[Any, int]:
                     raise NotFound(f"No wallet '{args.id}'.")
                 return wallet_json(wallet)
             if action == "credit":
-                body = {"amount": args.amount, "idempotency_key": args.idempotency_key,
-                        "memo": args.memo}
+                body = {
+                    "amount": args.amount,
+                    "idempotency_key": args.idempotency_key,
+                    "memo": args.memo,
+                }
                 wallet, _ = await operations.credit_wallet(store, args.id, body)
                 return wallet_json(wallet)
             if action == "ledger":
@@ -149,18 +152,26 @@ async def _manage(args: argparse.Namespace, config: Config) -> tuple[Any, int]:
                 limit = operations.parse_limit(args.limit)
                 return {"data": [ledger_json(e) for e in await store.ledger(args.id, limit)]}
         if command == "transfer":
-            body = {"from_wallet": args.from_wallet, "to_wallet": args.to_wallet,
-                    "amount": args.amount, "idempotency_key": args.idempotency_key,
-                    "memo": args.memo}
+            body = {
+                "from_wallet": args.from_wallet,
+                "to_wallet": args.to_wallet,
+                "amount": args.amount,
+                "idempotency_key": args.idempotency_key,
+                "memo": args.memo,
+            }
             done, _ = await operations.transfer(store, body)
             return transfer_json(done)
         if command == "keys":
             if action == "create":
                 body = {
-                    "wallet_id": args.wallet, "name": args.name,
+                    "wallet_id": args.wallet,
+                    "name": args.name,
                     "models": [m.strip() for m in args.models.split(",") if m.strip()]
-                    if args.models else None,
-                    "rpm": args.rpm, "tpm": args.tpm, "spend_limit": args.spend_limit,
+                    if args.models
+                    else None,
+                    "rpm": args.rpm,
+                    "tpm": args.tpm,
+                    "spend_limit": args.spend_limit,
                     "expires_at": args.expires_at,
                 }
                 created, secret = await operations.create_key(store, body)
@@ -196,7 +207,7 @@ def _serve(args: argparse.Namespace, config: Config, path: str) -> int:
         return 2
     if args.workers > 1 and not config.storage.url.startswith(("postgresql:", "postgres:")):
         sys.stderr.write(
-            "gateway: --workers > 1 needs [storage] url = \"postgresql://...\": a SQLite ledger "
+            'gateway: --workers > 1 needs [storage] url = "postgresql://...": a SQLite ledger '
             "is served by one process\n"
         )
         return 2
@@ -267,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"gateway: {exc}\n")
             return 1
     if args.command == "migrate":
+
         async def migrate(store: Store) -> Any:
             return {"status": "migrated", "storage": config.storage.url.split("://", 1)[0]}
 

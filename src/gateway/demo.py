@@ -109,8 +109,11 @@ class DemoBackend(Backend):
             prompt = self._counter.count_chat_prompt(request.get("messages") or [])
         else:
             prompt = self._counter.count_completion_prompt(request.get("prompt"))
-        usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         ident = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
         base = {"id": ident, "created": int(time.time()), "model": request.get("model", "demo")}
         if not stream:
@@ -156,11 +159,16 @@ class DemoBackend(Backend):
         for i, item in enumerate(inputs):
             digest = hashlib.sha256(msgspec.json.encode(item)).digest()
             values = struct.unpack(f"<{_DIMENSIONS}h", digest[: _DIMENSIONS * 2])
-            data.append({"object": "embedding", "index": i,
-                         "embedding": [v / 32768 for v in values]})
+            data.append(
+                {"object": "embedding", "index": i, "embedding": [v / 32768 for v in values]}
+            )
         prompt = self._counter.count_embedding_input(raw)
-        payload = {"object": "list", "data": data, "model": request.get("model", "demo"),
-                   "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": request.get("model", "demo"),
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
         return _Generated([msgspec.json.encode(payload)], 0.0, "application/json")
 
 

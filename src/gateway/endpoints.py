@@ -62,10 +62,14 @@ def _require_input(field: str) -> Callable[[Mapping[str, Any]], None]:
         value = body.get(field)
         if isinstance(value, str):
             return
-        if isinstance(value, list) and value and (
-            all(isinstance(v, str) for v in value)
-            or _is_tokens(value)
-            or all(_is_tokens(v) and v for v in value)
+        if (
+            isinstance(value, list)
+            and value
+            and (
+                all(isinstance(v, str) for v in value)
+                or _is_tokens(value)
+                or all(_is_tokens(v) and v for v in value)
+            )
         ):
             return
         raise InvalidRequest(

@@ -58,9 +58,7 @@ class KeyCache:
         """The live key behind an ``Authorization`` header, or ``AuthenticationError``."""
         secret = bearer_token(authorization)
         if secret is None:
-            raise AuthenticationError(
-                "Missing API key: send 'Authorization: Bearer <your key>'."
-            )
+            raise AuthenticationError("Missing API key: send 'Authorization: Bearer <your key>'.")
         digest = hash_key(secret)
         now = self._clock()
         entry = self._entries.get(digest)

@@ -18,31 +18,42 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "gateway_requests", "Client API requests by outcome.",
-            ["endpoint", "model", "status"], registry=r,
+            "gateway_requests",
+            "Client API requests by outcome.",
+            ["endpoint", "model", "status"],
+            registry=r,
         )
         self.tokens = Counter(
             "gateway_tokens", "Tokens metered.", ["model", "backend", "kind"], registry=r
         )
         self.credits = Counter(
-            "gateway_credits_charged_micro", "Micro-credits charged to wallets.",
-            ["model", "backend"], registry=r,
+            "gateway_credits_charged_micro",
+            "Micro-credits charged to wallets.",
+            ["model", "backend"],
+            registry=r,
         )
         self.shortfall = Counter(
-            "gateway_credits_shortfall_micro", "Micro-credits wallets could not pay.",
-            ["model", "backend"], registry=r,
+            "gateway_credits_shortfall_micro",
+            "Micro-credits wallets could not pay.",
+            ["model", "backend"],
+            registry=r,
         )
         self.latency = Histogram(
-            "gateway_request_duration_seconds", "Time from request to the last byte.",
-            ["endpoint"], registry=r,
+            "gateway_request_duration_seconds",
+            "Time from request to the last byte.",
+            ["endpoint"],
+            registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
         self.upstream_errors = Counter(
-            "gateway_upstream_errors", "Failed upstream attempts.", ["backend", "reason"],
+            "gateway_upstream_errors",
+            "Failed upstream attempts.",
+            ["backend", "reason"],
             registry=r,
         )
         self.ratelimit_fail_open = Counter(
-            "gateway_ratelimit_fail_open", "Requests let through because the limit store failed.",
+            "gateway_ratelimit_fail_open",
+            "Requests let through because the limit store failed.",
             registry=r,
         )
         self.settlement_failures = Counter(
@@ -52,7 +63,9 @@ class Metrics:
         #: The same count as a plain integer, for the hot path to read.
         self.active = 0
         self.circuit_open = Gauge(
-            "gateway_backend_circuit_open", "1 while a backend is skipped.", ["backend"],
+            "gateway_backend_circuit_open",
+            "1 while a backend is skipped.",
+            ["backend"],
             registry=r,
         )
 

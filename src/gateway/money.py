@@ -44,7 +44,7 @@ def _to_decimal(value: object) -> Decimal:
     if isinstance(value, str):
         text = value.strip()
         if not _DECIMAL.match(text):
-            raise AmountError(f"{value!r} is not a decimal number like \"12.5\"")
+            raise AmountError(f'{value!r} is not a decimal number like "12.5"')
         whole, _, fraction = text.partition(".")
         if len(whole.lstrip("0")) > _MAX_WHOLE_DIGITS:
             raise AmountError("is too large")

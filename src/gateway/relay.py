@@ -208,7 +208,8 @@ class Relay:
             )
         if key.models is not None and plan.model not in key.models:
             raise PermissionDenied(
-                f"This key may not use the model '{plan.model}'.", param="model",
+                f"This key may not use the model '{plan.model}'.",
+                param="model",
                 code="model_not_allowed",
             )
         await self._limiter.admit(key.id, key.rpm, key.tpm)
@@ -342,9 +343,7 @@ class Relay:
                 refused = refused or exc
                 continue
             if not breaker.allow():
-                last = last or UpstreamError(
-                    f"No healthy backend serves '{plan.model}' right now."
-                )
+                last = last or UpstreamError(f"No healthy backend serves '{plan.model}' right now.")
                 continue
             tried += 1
             backend = self._backends[route.backend.name]
@@ -370,7 +369,8 @@ class Relay:
                     if answer is not None:
                         self._succeeded(route)
                         await settlement.settle(
-                            UsageStatus.UPSTREAM_ERROR, error=f"status_{answer.status}",
+                            UsageStatus.UPSTREAM_ERROR,
+                            error=f"status_{answer.status}",
                             charge=False,
                         )
                         return answer
@@ -423,9 +423,7 @@ class Relay:
         self._metrics.circuit_open.labels(route.backend.name).set(
             1 if breaker.state == "open" else 0
         )
-        log.warning(
-            "upstream_failed", backend=route.backend.name, reason=reason, error=exc.message
-        )
+        log.warning("upstream_failed", backend=route.backend.name, reason=reason, error=exc.message)
 
     async def _upstream_refusal(self, route: Route, response: UpstreamResponse) -> Answer | None:
         """A non-2xx status: None to fail over (5xx, 429, and the backend refusing the

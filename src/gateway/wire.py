@@ -164,7 +164,5 @@ def message_texts(message: Message) -> list[str]:
         if call.function is not None:
             texts.extend(t for t in (call.function.name, call.function.arguments) if t)
     if message.function_call is not None:
-        texts.extend(
-            t for t in (message.function_call.name, message.function_call.arguments) if t
-        )
+        texts.extend(t for t in (message.function_call.name, message.function_call.arguments) if t)
     return texts

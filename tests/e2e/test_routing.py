@@ -334,9 +334,9 @@ async def test_a_failing_backend_is_skipped_then_probed_after_the_cooldown(
                 assert admin.usage_record(request_id)["backend"] == "b"
             assert len(a.requests) == 2
             assert len(b.requests) == 5
-            assert 'gateway_backend_circuit_open{backend="a"} 1.0' in admin.http.get(
-                "/metrics"
-            ).text
+            assert (
+                'gateway_backend_circuit_open{backend="a"} 1.0' in admin.http.get("/metrics").text
+            )
 
             a.status = None
             await asyncio.sleep(1.2)  # the cool-down (1 s) is over: a is probed again
@@ -345,9 +345,9 @@ async def test_a_failing_backend_is_skipped_then_probed_after_the_cooldown(
             assert admin.usage_record(request_id)["backend"] == "a"
             _answer, request_id = await chat(client, "m")
             assert admin.usage_record(request_id)["backend"] == "a"
-            assert 'gateway_backend_circuit_open{backend="a"} 0.0' in admin.http.get(
-                "/metrics"
-            ).text
+            assert (
+                'gateway_backend_circuit_open{backend="a"} 0.0' in admin.http.get("/metrics").text
+            )
         admin.assert_books_balance(wallet_id)
     logs = gateway.output()
     assert re.search(r"circuit|breaker", logs, re.IGNORECASE), "the breaker's state is logged"

@@ -77,8 +77,7 @@ def admin_handlers(services: Services) -> list[HTTPRouteHandler]:
         expected = services.admin_token
         if not expected:
             raise AuthenticationError(
-                "The admin API is closed: no admin token is configured "
-                f"(set {settings.token_env})."
+                f"The admin API is closed: no admin token is configured (set {settings.token_env})."
             )
         address = request.client.host if request.client is not None else "unknown"
         logins.check(address)
@@ -162,6 +161,14 @@ def admin_handlers(services: Services) -> list[HTTPRouteHandler]:
         return json_response({"data": [usage_json(u) for u in records]})
 
     return [
-        create_wallet, list_wallets, show_wallet, credit, transfer, ledger,
-        create_key, list_keys, revoke_key, usage,
+        create_wallet,
+        list_wallets,
+        show_wallet,
+        credit,
+        transfer,
+        ledger,
+        create_key,
+        list_keys,
+        revoke_key,
+        usage,
     ]

@@ -30,6 +30,7 @@ _WATCH_AFTER_S = 0.02
 class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
+
 _decode = msgspec.json.Decoder(dict[str, Any])
 
 
@@ -52,9 +53,7 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 
 def json_response(content: Any, status: int = 200) -> Response[bytes]:
-    return Response(
-        msgspec.json.encode(content), status_code=status, media_type="application/json"
-    )
+    return Response(msgspec.json.encode(content), status_code=status, media_type="application/json")
 
 
 async def unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:

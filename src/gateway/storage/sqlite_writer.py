@@ -194,7 +194,6 @@ class Writer:
             self._conn_lock.release()
 
 
-
 # -- the boundary to aiosqlite and sqlite3 ---------------------------------------------------
 
 
@@ -308,5 +307,3 @@ def retrieve(task: asyncio.Future[None]) -> None:
     must not be reported as an exception nobody retrieved."""
     if not task.cancelled():
         task.exception()
-
-
