@@ -520,7 +520,7 @@ class Relay:
                     data = event.data
                     plain = None if data is None else dialect.plain_text(data)
                     if plain is not None:  # most events: one choice's text, relayed as is
-                        texts: Texts = (plain,)
+                        texts: Texts = (plain,) if plain[1] else ()  # as read_event reads it
                         usage = None
                     else:
                         step = dialect.read_event(event)
