@@ -716,6 +716,57 @@ class TcpProxy:
     close = cut
 
 
+class SlowProxy(TcpProxy):
+    """A :class:`TcpProxy` that holds every read for ``delay_s / 2`` each way: a server whose
+    every answer comes ``delay_s`` late."""
+
+    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
+        super().__init__(target)
+        self.delay_s = delay_s
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(self.delay_s / 2)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+async def test_a_slow_redis_is_waited_for_as_long_as_timeout_s_says(cluster: Cluster) -> None:
+    """Redis answering 0.4 s late: with the default timeout (0.25 s) the limits fail open; with
+    ``[ratelimit] timeout_s = 3`` they hold."""
+    _require_redis()
+    where = urllib.parse.urlsplit(REDIS_URL)
+    proxy = SlowProxy((where.hostname or "127.0.0.1", where.port or 6379), delay_s=0.4).start()
+    try:
+        slow_redis = f"redis://127.0.0.1:{proxy.port}/0"
+        (patient,), _ = cluster(1, ratelimit={"redis_url": slow_redis, "timeout_s": 3.0})
+        (hasty,), _ = cluster(1, ratelimit={"redis_url": slow_redis})
+        with patient.admin() as admin:
+            wallet_id = admin.make_wallet("10")
+            _, patient_secret = admin.make_key(wallet_id, rpm=2)
+            _, hasty_secret = admin.make_key(wallet_id, rpm=2)
+        for gateway, secret, statuses, failed_open in (
+            (patient, patient_secret, [200, 200, 429], 0.0),
+            (hasty, hasty_secret, [200, 200, 200], 3.0),
+        ):
+            async with _client(gateway, secret) as client, _client(gateway) as ops:
+                seen = [
+                    (await client.post("/v1/chat/completions", json=_chat_body())).status_code
+                    for _ in range(3)
+                ]
+                metrics = (await ops.get("/metrics")).text
+            assert seen == statuses, (gateway, seen)
+            assert _metric(metrics, "gateway_ratelimit_fail_open_total") == failed_open
+    finally:
+        proxy.close()
+
+
 async def test_postgres_unreachable_refuses_and_recovers(
     pg_schema: str,
     gateway_factory: GatewayFactory,
