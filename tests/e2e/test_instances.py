@@ -654,10 +654,12 @@ async def test_serve_with_postgres_down_fails_clearly(tmp_path: Path) -> None:
 class TcpProxy:
     """A loopback TCP relay to ``target`` that a test can cut (every connection reset, the port
     refusing) and restore on the same port: PostgreSQL going away without stopping the server
-    other tests share."""
+    other tests share. With ``delay_s``, every read is held ``delay_s / 2`` each way: a server
+    whose every answer comes ``delay_s`` late."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], delay_s: float = 0.0) -> None:
         self.target = target
+        self.delay_s = delay_s
         self.port = free_port()
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
@@ -690,6 +692,8 @@ class TcpProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                if self.delay_s:
+                    time.sleep(self.delay_s / 2)
                 dst.sendall(data)
         except OSError:
             pass
@@ -716,33 +720,12 @@ class TcpProxy:
     close = cut
 
 
-class SlowProxy(TcpProxy):
-    """A :class:`TcpProxy` that holds every read for ``delay_s / 2`` each way: a server whose
-    every answer comes ``delay_s`` late."""
-
-    def __init__(self, target: tuple[str, int], delay_s: float) -> None:
-        super().__init__(target)
-        self.delay_s = delay_s
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                time.sleep(self.delay_s / 2)
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-
 async def test_a_slow_redis_is_waited_for_as_long_as_timeout_s_says(cluster: Cluster) -> None:
     """Redis answering 0.4 s late: with the default timeout (0.25 s) the limits fail open; with
     ``[ratelimit] timeout_s = 3`` they hold."""
     _require_redis()
     where = urllib.parse.urlsplit(REDIS_URL)
-    proxy = SlowProxy((where.hostname or "127.0.0.1", where.port or 6379), delay_s=0.4).start()
+    proxy = TcpProxy((where.hostname or "127.0.0.1", where.port or 6379), delay_s=0.4).start()
     try:
         slow_redis = f"redis://127.0.0.1:{proxy.port}/0"
         (patient,), _ = cluster(1, ratelimit={"redis_url": slow_redis, "timeout_s": 3.0})
