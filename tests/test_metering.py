@@ -497,15 +497,18 @@ _chunks = st.fixed_dictionaries(
 @given(chunk=_chunks)
 def test_the_fast_path_reads_a_chunk_as_the_full_reading_does(chunk: dict[str, Any]) -> None:
     """Whatever the fast path answers for, it reads as :meth:`read_event` does (an empty
-    text is no text)."""
+    text is no text); every other event it reads in full."""
     data = json.dumps(chunk).encode()
-    plain = DIALECT.plain_text(data)
-    step = DIALECT.read_event(Event(raw=b"data: " + data + b"\n\n", data=data, event=None))
-    if plain is not None:  # declining is always safe: the full reading then reads it
-        index, text = plain
+    event = Event(raw=b"data: " + data + b"\n\n", data=data, event=None)
+    fast = DIALECT.read_fast(event)
+    step = DIALECT.read_event(event)
+    if isinstance(fast, tuple):
+        index, text = fast
         assert step.action is Action.CONTENT
         assert step.usage is None
         assert step.texts == (((index, text),) if text else ())
+    else:
+        assert fast == step
 
 
 @pytest.mark.parametrize(
@@ -528,7 +531,10 @@ def test_the_fast_path_reads_a_chunk_as_the_full_reading_does(chunk: dict[str, A
 def test_the_fast_path_takes_only_one_plain_delta(
     data: bytes, expected: tuple[int, str] | None
 ) -> None:
-    assert DIALECT.plain_text(data) == expected
+    """A plain delta comes back as (index, text); anything else as the full reading's Step."""
+    event = Event(raw=b"data: " + data + b"\n\n", data=data, event=None)
+    fast = DIALECT.read_fast(event)
+    assert fast == (expected if expected is not None else DIALECT.read_event(event))
 
 
 # -- the hot path's affordability check -------------------------------------------------------

@@ -149,12 +149,11 @@ class Dialect(abc.ABC):
     @abc.abstractmethod
     def read_event(self, event: Event) -> Step: ...
 
-    def plain_text(self, data: bytes) -> tuple[int, str] | None:
-        """The fast path for the bulk of a stream: the (choice index, text) of an event's data
-        when that text is all there is to meter and the event is relayed unchanged (CONTENT,
-        rendered as received). None for any other event, which :meth:`read_event` reads; a
-        dialect without a fast path answers None for all."""
-        return None
+    def read_fast(self, event: Event) -> tuple[int, str] | Step:
+        """:meth:`read_event` for the hot path: an event whose one choice's text is all there
+        is to meter, relayed as received (most of a stream), may come back as that (choice
+        index, text) instead of a Step. By default every event is read in full."""
+        return self.read_event(event)
 
     def render_event(self, event: Event, step: Step) -> bytes:
         """What the client gets for a relayed event (empty: nothing)."""
@@ -197,26 +196,38 @@ class OpenAIDialect(Dialect):
             raise UpstreamError("the backend sent an unreadable answer") from exc
         return reported(answer.usage), choice_texts(answer.choices)
 
-    def plain_text(self, data: bytes) -> tuple[int, str] | None:
-        return wire.plain_delta(data)
+    def read_fast(self, event: Event) -> tuple[int, str] | Step:
+        chunk = _decoded(event)
+        if isinstance(chunk, Step):
+            return chunk
+        return wire.plain_delta(chunk) or _chunk_step(chunk)
 
     def read_event(self, event: Event) -> Step:
-        step = framing(event)
-        if step is not None:
-            return step
-        data = event.data
-        assert data is not None  # framing() answers data-less events
-        try:
-            chunk = wire.decode_chunk(data)
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            return _DROP
-        if chunk.error is not None:
-            return _ERROR
-        choices, usage = chunk.choices, chunk.usage
-        if usage is not None and not choices:
-            return Step(Action.USAGE, usage=reported(usage))
-        return Step(
-            Action.CONTENT,
-            choice_texts(choices) if choices else (),
-            reported(usage) if usage is not None else None,
-        )
+        chunk = _decoded(event)
+        return chunk if isinstance(chunk, Step) else _chunk_step(chunk)
+
+
+def _decoded(event: Event) -> wire.Chunk | Step:
+    """An event's chunk, or what the event means when it has none to read (framing, DROP)."""
+    step = framing(event)
+    if step is not None:
+        return step
+    data = event.data
+    assert data is not None  # framing() answers data-less events
+    try:
+        return wire.decode_chunk(data)
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return _DROP
+
+
+def _chunk_step(chunk: wire.Chunk) -> Step:
+    if chunk.error is not None:
+        return _ERROR
+    choices, usage = chunk.choices, chunk.usage
+    if usage is not None and not choices:
+        return Step(Action.USAGE, usage=reported(usage))
+    return Step(
+        Action.CONTENT,
+        choice_texts(choices) if choices else (),
+        reported(usage) if usage is not None else None,
+    )

@@ -517,13 +517,12 @@ class Relay:
             async for events in _reads(first, parser, chunks):
                 out: list[bytes] = []
                 for event in events:
-                    data = event.data
-                    plain = None if data is None else dialect.plain_text(data)
-                    if plain is not None:  # most events: one choice's text, relayed as is
-                        texts: Texts = (plain,) if plain[1] else ()  # as read_event reads it
+                    read = dialect.read_fast(event)
+                    if isinstance(read, tuple):  # most events: one choice's text, relayed as is
+                        texts: Texts = (read,) if read[1] else ()  # as read_event reads it
                         usage = None
                     else:
-                        step = dialect.read_event(event)
+                        step = read
                         action = step.action
                         if action is Action.USAGE:
                             meter.reported = step.usage
@@ -563,9 +562,9 @@ class Relay:
                             break
                     if usage is not None:
                         meter.reported = usage
-                    if plain is not None:
+                    if isinstance(read, tuple):
                         out.append(event.raw)
-                    elif rendered := dialect.render_event(event, step):  # once it is paid for
+                    elif rendered := dialect.render_event(event, read):  # once it is paid for
                         out.append(rendered)
                 if out:
                     yield b"".join(out)

@@ -129,14 +129,10 @@ def decode_chunk(data: bytes) -> Chunk:
         return Chunk(lenient.choices, _lenient_usage(lenient.raw_usage), lenient.error)
 
 
-def plain_delta(data: bytes) -> tuple[int, str] | None:
+def plain_delta(chunk: Chunk) -> tuple[int, str] | None:
     """The (choice index, text) of a chunk that is one choice's text delta and nothing else to
     meter (no usage, error, tool call, reasoning or refusal): most chunks of any stream. None for
-    every other chunk, an unreadable one included."""
-    try:
-        chunk = _chunk.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
+    every other chunk."""
     choices = chunk.choices
     if chunk.usage is not None or chunk.error is not None or choices is None or len(choices) != 1:
         return None
