@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from gateway.errors import StorageUnavailable
+from gateway.logs import info_event
 from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.money import MICRO, ceil_div
@@ -219,21 +220,24 @@ class Settlement:
                 self._limiter.consume_tokens(self._key.id, self._key.tpm, tokens),
                 name=f"tpm-{usage.request_id}",
             )
-        log.info(
+        info_event(
+            log,
             "request_completed",
-            request_id=usage.request_id,
-            key_id=usage.key_id,
-            wallet_id=usage.wallet_id,
-            model=usage.model,
-            backend=usage.backend,
-            endpoint=usage.endpoint,
-            stream=usage.stream,
-            prompt_tokens=usage.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            cached_tokens=usage.cached_tokens,
-            cost_micro=usage.cost,
-            shortfall_micro=usage.shortfall,
-            latency_ms=usage.latency_ms,
-            outcome=usage.status,
-            error=usage.extra.get("error"),
+            {
+                "request_id": usage.request_id,
+                "key_id": usage.key_id,
+                "wallet_id": usage.wallet_id,
+                "model": usage.model,
+                "backend": usage.backend,
+                "endpoint": usage.endpoint,
+                "stream": usage.stream,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cached_tokens": usage.cached_tokens,
+                "cost_micro": usage.cost,
+                "shortfall_micro": usage.shortfall,
+                "latency_ms": usage.latency_ms,
+                "outcome": usage.status,
+                "error": usage.extra.get("error"),
+            },
         )
