@@ -68,7 +68,6 @@ class Settlement:
         self._task: asyncio.Task[Usage | None] | None = None
         #: Set when storage refused the settlement: the client must not get a clean end.
         self.failed: StorageUnavailable | None = None
-        metrics.in_flight.inc()
         metrics.active += 1
 
     @property
@@ -162,7 +161,6 @@ class Settlement:
                     else:
                         await asyncio.sleep(0.05 * (attempt + 1))
         finally:
-            self._metrics.in_flight.dec()
             self._metrics.active -= 1
             # (key, what it held, what it was charged)
             self._on_done(self._key.id, self._initial, written.cost if written else 0)
@@ -204,16 +202,16 @@ class Settlement:
     def _observe(self, usage: Usage, cost: int) -> None:
         m = self._metrics
         backend = usage.backend or ""
-        m.child(m.requests, usage.endpoint, usage.model, usage.status).inc()
-        m.child(m.latency, usage.endpoint).observe(usage.latency_ms / 1000)
+        m.requests.add((usage.endpoint, usage.model, usage.status))
+        m.latency.observe(usage.endpoint, usage.latency_ms / 1000)
         if usage.prompt_tokens:
-            m.child(m.tokens, usage.model, backend, "prompt").inc(usage.prompt_tokens)
+            m.tokens.add((usage.model, backend, "prompt"), usage.prompt_tokens)
         if usage.completion_tokens:
-            m.child(m.tokens, usage.model, backend, "completion").inc(usage.completion_tokens)
+            m.tokens.add((usage.model, backend, "completion"), usage.completion_tokens)
         if usage.cost:
-            m.child(m.credits, usage.model, backend).inc(usage.cost)
+            m.credits.add((usage.model, backend), usage.cost)
         if usage.shortfall:
-            m.child(m.shortfall, usage.model, backend).inc(usage.shortfall)
+            m.shortfall.add((usage.model, backend), usage.shortfall)
         if self._key.tpm:
             tokens = usage.prompt_tokens + usage.completion_tokens
             self._tasks.spawn(
