@@ -95,8 +95,8 @@ class SSEParser:
             chunk = self._strip_bom(chunk)
         if not chunk:
             return []
-        if not self._buf and chunk.endswith(b"\n\n") and b"\r" not in chunk:
-            events = self._whole_events(chunk)
+        if self._line == 0 and b"\r" not in chunk:
+            events = self._lf_events(chunk)
             if events is not None:
                 return events
         self._buf += chunk
@@ -128,12 +128,38 @@ class SSEParser:
         self._started = True
         return chunk
 
-    def _whole_events(self, chunk: bytes) -> list[Event] | None:
-        """The fast path for a read of whole LF-only events, the usual case; None if it is not.
+    def _lf_events(self, chunk: bytes) -> list[Event] | None:
+        """The fast path, for LF-only streams (the usual case): the events up to the read's
+        last blank line are split off at once, and what follows it waits in the buffer for the
+        next read (reads rarely end where an event does). None: the slow path must parse it.
 
-        The read must hold events each ended by exactly one blank line; the caller has checked
-        that it ends with a blank line and has no CR.
+        Only while no line of the unfinished event was parsed yet (``_line == 0``: the buffer
+        holds a start of event the fast path left, or nothing).
         """
+        held = self._buf
+        if held:
+            # no event ends in this read: the slow path scans on from where it was (a long
+            # line over many reads is not copied again on each)
+            if b"\n\n" not in chunk and not (held[-1] == 0x0A and chunk[0] == 0x0A):
+                return None
+            if b"\r" in held:
+                return None
+            chunk = bytes(held) + chunk
+        cut = chunk.rfind(b"\n\n") + 2
+        if cut < 2:  # no event ends in it
+            return None
+        events = self._whole_events(chunk[:cut])
+        if events is None:
+            return None
+        self._buf = bytearray(chunk[cut:])
+        self._scan = 0
+        if self._max is not None and len(self._buf) > self._max:
+            raise EventTooLarge(self._max)
+        return events
+
+    def _whole_events(self, chunk: bytes) -> list[Event] | None:
+        """Split LF-only ``chunk`` into events, each ended by exactly one blank line, as
+        ``chunk`` is; None if it is not that (extra blank lines: the slow path's business)."""
         events: list[Event] = []
         for block in chunk[:-2].split(b"\n\n"):
             if block.startswith(b"data: ") and b"\n" not in block:  # the usual one-liner
