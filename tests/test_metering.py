@@ -523,6 +523,8 @@ def test_the_fast_path_reads_a_chunk_as_the_full_reading_does(chunk: dict[str, A
         (b'{"choices": [{"delta": {"content": "a"}}, {"index": 1, "delta": {}}]}', None),
         (b'{"choices": [{"index": 0, "text": "legacy"}]}', None),
         (b'{"error": {"message": "overloaded"}}', None),
+        (b'{"choices": [{"delta": {"content": "a"}}], "usage": {"prompt_tokens": "many"}}', None),
+        (b'{"choices": [{"delta": {"content": "a"', None),
         (b"[DONE]", None),
         (b"not json", None),
     ],

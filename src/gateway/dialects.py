@@ -197,10 +197,14 @@ class OpenAIDialect(Dialect):
         return reported(answer.usage), choice_texts(answer.choices)
 
     def read_fast(self, event: Event) -> tuple[int, str] | Step:
-        chunk = _decoded(event)
-        if isinstance(chunk, Step):
-            return chunk
-        return wire.plain_delta(chunk) or _chunk_step(chunk)
+        data = event.data
+        if data is not None and data[:1] == b"{":  # the usual event: what _decoded does, inline
+            try:
+                chunk = wire.decode_chunk_strictly(data)
+            except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+                return self.read_event(event)  # the lenient reading, or DROP
+            return wire.plain_delta(chunk) or _chunk_step(chunk)
+        return self.read_event(event)
 
     def read_event(self, event: Event) -> Step:
         chunk = _decoded(event)

@@ -11,6 +11,7 @@ __all__ = [
     "Usage",
     "decode_answer",
     "decode_chunk",
+    "decode_chunk_strictly",
     "plain_delta",
 ]
 
@@ -119,6 +120,11 @@ def decode_answer(data: bytes) -> Answer:
     except msgspec.ValidationError:
         lenient = _lenient.decode(data)  # raises again if the trouble is not the usage
         return Answer(lenient.choices, _lenient_usage(lenient.raw_usage))
+
+
+#: :func:`decode_chunk` without its second, lenient reading: ``msgspec.ValidationError`` where
+#: that one would read the usage block apart.
+decode_chunk_strictly = _chunk.decode
 
 
 def decode_chunk(data: bytes) -> Chunk:
