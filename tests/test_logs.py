@@ -21,7 +21,7 @@ FIELDS: dict[str, Any] = {
     "stream": True,
     "prompt_tokens": 12,
     "outcome": "ok",
-    "note": "ünïcode \"quoted\"\n",
+    "note": 'ünïcode "quoted"\n',
 }
 
 
@@ -62,5 +62,6 @@ def test_console_output_goes_through_structlog(stderr: Callable[[], str]) -> Non
     configure_logging("info", "console")
     info_event(structlog.get_logger("gateway.request"), "request_completed", dict(FIELDS))
     text = stderr()
-    assert "request_completed" in text and "req_1" in text
+    assert "request_completed" in text
+    assert "req_1" in text
     assert not text.startswith("{")

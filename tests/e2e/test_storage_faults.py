@@ -114,30 +114,48 @@ def test_a_full_disk_refuses_requests_with_503_then_recovers(
         _key, secret = admin.make_key(wallet_id)
         assert ask(gateway, secret, stream=False)[0] == 200
         before = admin.idle_wallet(wallet_id)
-        served = len(upstream.requests)
 
         filler = fill(tiny_disk)
-        for attempt, stream in enumerate((False, True, False, True)):
-            status, _rid, body = ask(gateway, secret, stream=stream)
-            assert status == 503, body  # never served free
-            assert body["error"]["type"] == "api_error"
-            assert body["error"]["code"] == "storage_unavailable"
-            assert set(body["error"]) == {"message", "type", "param", "code"}
-            if attempt == 0:
-                # The first request after the disk filled may have gone upstream: its
-                # reservation row is written behind, and that is the write that failed. From
-                # then on reservations wait for their row, and nothing goes upstream.
-                assert len(upstream.requests) <= served + 1
-                served = len(upstream.requests)
-        assert len(upstream.requests) == served, "nothing went upstream once storage failed"
-        assert ready(gateway) == 503
+        # A full tmpfs still takes a write that fits in pages a file already holds (a
+        # transaction that failed part-way may have left the WAL a page longer, and a smaller
+        # one then fits): such a request is served and charged like any other, its settlement
+        # was written. What must never happen is an answer nobody pays for. Once that slack is
+        # used up every write fails: asked until three requests in a row are refused.
+        served_while_full: list[str] = []
+        refused_in_a_row = 0
+        for attempt in range(20):
+            stream = attempt % 2 == 1
+            status, rid, body = ask(gateway, secret, stream=stream)
+            if status == 200 and (not stream or body[-1] == "[DONE]"):
+                served_while_full.append(rid)
+                refused_in_a_row = 0
+                continue
+            if status == 200:  # a stream whose row fit, then its settlement did not
+                assert body[-1]["error"]["code"] == "storage_unavailable", body[-1]
+            else:
+                assert status == 503, body
+                assert body["error"]["type"] == "api_error"
+                assert body["error"]["code"] == "storage_unavailable"
+                assert set(body["error"]) == {"message", "type", "param", "code"}
+            refused_in_a_row += 1
+            if refused_in_a_row == 3:
+                break
+        else:
+            pytest.fail(f"20 requests on a full disk and not three refused in a row: {attempt}")
+        # readiness writes a page to find out: the last of the slack, if any, goes to it
+        poll(lambda: ready(gateway), lambda code: code == 503, timeout=10, what="/readyz 503")
+        # (that a request then goes upstream only once its reservation's row is written is
+        # tests/storage/test_sqlite.py's: here a row may still fit where a settlement did not)
         # the admin API cannot write either, and says so in the same shape
         response = admin.http.post("/admin/wallets", json={"name": "new"})
         assert response.status_code == 503, response.text
         assert response.json()["error"]["code"] == "storage_unavailable"
-        # reads still work: no money moved (the request that went upstream holds its
-        # reservation until its settlement can be written)
-        assert admin.wallet(wallet_id)["balance"] == before["balance"]
+        # reads still work: only what was served moved money (a refused request that went
+        # upstream holds its reservation until its settlement can be written; a stream that
+        # ended in the error is charged once it can be)
+        charged = sum((D(admin.usage_record(rid)["cost"]) for rid in served_while_full), D("0"))
+        assert all(D(admin.usage_record(rid)["cost"]) > 0 for rid in served_while_full)
+        assert D(admin.wallet(wallet_id)["balance"]) == D(before["balance"]) - charged
 
         filler.unlink()
         poll(lambda: ready(gateway), lambda code: code == 200, timeout=10, what="/readyz 200")

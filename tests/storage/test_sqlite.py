@@ -17,7 +17,7 @@ import pytest
 from gateway.errors import NotFound, StorageUnavailable
 from gateway.storage import sqlite as sqlite_engine
 from gateway.storage import sqlite_writer
-from gateway.storage.base import Store, Usage, UsageStatus
+from gateway.storage.base import Reservation, Store, Usage, UsageStatus
 from gateway.storage.holds import Holds
 from gateway.storage.sqlite import MIGRATIONS, SQLiteStore
 from gateway.storage.sqlite_writer import call_in_worker
@@ -208,6 +208,48 @@ async def test_a_full_disk_rolls_back_whole_transactions(
         f"q{n}" for n in reversed(range(i))
     ]
     await store.ping()  # still serves reads
+    await invariants(store)
+
+
+async def test_after_a_failed_write_a_reservation_waits_for_its_row(
+    store: SQLiteStore, invariants: Invariants
+) -> None:
+    """Once a write failed for want of storage, ``reserve`` returns only once the reservation's
+    row is written (so no request goes upstream on a hold storage may not keep), and refuses
+    when it cannot be; the first write that succeeds again ends that."""
+    wallet = await store.create_wallet("w", 10**6)
+
+    async def query_only(on: bool) -> None:  # every write then fails, as on a full disk
+        await call_in_worker(
+            store._open().db, lambda conn: conn.execute(f"PRAGMA query_only = {int(on)}")
+        )
+
+    def reserve(request_id: str) -> Awaitable[Reservation | None]:
+        return store.reserve(
+            wallet_id=wallet.id, key_id=None, request_id=request_id, minimum=1, maximum=10,
+            lease_s=60,
+        )  # fmt: skip
+
+    first = await reserve("q1")
+    assert first is not None
+    assert first.id in store._rowless
+    await query_only(True)
+    with pytest.raises(StorageUnavailable):
+        await store.settle(first, _usage("q1", wallet.id), 7)
+    with pytest.raises(StorageUnavailable):  # its row cannot be written: refused
+        await reserve("q2")
+    await query_only(False)
+    second = await reserve("q3")
+    assert second is not None
+    assert second.id not in store._rowless
+    written = await store.get_wallet(wallet.id)
+    assert written is not None
+    assert written.reserved >= second.amount
+    third = await reserve("q4")  # storage took a write: back to rows written behind
+    assert third is not None
+    assert third.id in store._rowless
+    for reservation, rid in ((first, "q1"), (second, "q3"), (third, "q4")):
+        await store.settle(reservation, _usage(rid, wallet.id), 7)
     await invariants(store)
 
 
