@@ -285,6 +285,22 @@ async def test_queued_writes_commit_together_and_fail_alone(
     assert len(await store.ledger(wallet.id)) == targets.count(wallet.id)
 
 
+async def test_a_lone_write_that_fails_leaves_nothing_behind(store: SQLiteStore) -> None:
+    """A write alone in its transaction runs without a savepoint: if it raises, the whole
+    transaction is rolled back, and the next write starts clean."""
+
+    def half_then_fail(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO wallets (id, name, created_at) VALUES ('w_half', 'h', 0)")
+        raise NotFound("no such thing")
+
+    with pytest.raises(NotFound):
+        await store._write(half_then_fail)
+    assert await store.get_wallet("w_half") is None
+    assert not store._open().db._conn.in_transaction
+    wallet = await store.create_wallet("after")
+    assert await store.get_wallet(wallet.id) == wallet
+
+
 async def test_a_locked_database_is_unavailable_until_released(db_path: Path) -> None:
     store = SQLiteStore(str(db_path), busy_timeout_s=0.05)
     await store.open()
@@ -343,6 +359,7 @@ async def test_listings_read_indexes_in_order(store: SQLiteStore) -> None:
     await store.list_usage(limit=10)
     await store.ledger(wallet.id, limit=10)
     await call_in_worker(store._open().db, lambda conn: conn.set_trace_callback(None))
+    statements = [sql for sql in statements if sql.startswith("SELECT")]  # not the busy timeout
     assert len(statements) == 5
     for sql in statements:
         plan = await call_in_worker(

@@ -68,7 +68,11 @@ class Writer:
     ) -> None:
         self.db = db
         self._holds = holds
-        self._busy_timeout_s = busy_timeout_s
+        self._busy_ms = int(busy_timeout_s * 1000)
+        #: The connection's busy timeout now (it was opened with ``_busy_ms``): 0 while the
+        #: loop writes (it must never wait for another process), ``_busy_ms`` in the worker.
+        #: Changed only when the other thread takes over, under ``_conn_lock``.
+        self._conn_busy_ms = self._busy_ms
         self._inline_ok = inline_ok
         self._inline_when = inline_when
         #: Writes waiting for the worker's next transaction; the loop adds to it, the worker
@@ -97,6 +101,7 @@ class Writer:
     def locked(self, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
         """In the worker: ``fn`` with the connection to itself."""
         with self._conn_lock:
+            self._wait_when_busy(conn)
             return fn(conn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T], lost: Lost | None = None) -> T:
@@ -159,7 +164,28 @@ class Writer:
                 self._unrun -= 1
                 if self._open_batch is batch:
                     self._open_batch = None
+            self._wait_when_busy(conn)
             _run_batch(conn, batch.ops, self._holds)
+
+    def _wait_when_busy(self, conn: sqlite3.Connection) -> None:
+        """In the worker, under ``_conn_lock``: wait for another process's lock, up to the
+        busy timeout (the loop set it to 0 if it wrote since)."""
+        if self._conn_busy_ms != self._busy_ms:
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
+            self._conn_busy_ms = self._busy_ms
+
+    def _begin_at_once(self, conn: sqlite3.Connection) -> bool:
+        """On the loop, under ``_conn_lock``: ``BEGIN IMMEDIATE`` unless another connection
+        holds the write lock: False then, at once (the loop never waits for another process).
+        """
+        if self._conn_busy_ms:
+            conn.execute("PRAGMA busy_timeout = 0")
+            self._conn_busy_ms = 0
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            return False
+        return True
 
     def _inline(self, op: Op) -> bool:
         """Run ``op`` now, on the loop, if the worker is idle: with the open batch (written-
@@ -180,7 +206,7 @@ class Writer:
                     self._unrun -= 1
                     self._open_batch = None
             conn = db._conn
-            if not _begin_at_once(conn, self._busy_timeout_s):
+            if not self._begin_at_once(conn):
                 if batch is not None:  # give it back to the worker (only the loop opens one)
                     with self._batch_lock:
                         batch.ran = False
@@ -254,14 +280,17 @@ def _run_batch(
     conn: sqlite3.Connection, ops: list[Op], holds: Holds, *, begun: bool = False
 ) -> None:
     """Run ``ops`` in one transaction, each in a savepoint: an op that raises is rolled back
-    alone. If the transaction itself fails (BEGIN, COMMIT, or an error after which SQLite rolled
-    everything back, like a full disk), every op fails with that error and nothing is written.
-    ``holds`` journals what the ops did to reservations held on the loop, applied on commit."""
+    alone (a lone op needs no savepoint: the transaction is rolled back). If the transaction
+    itself fails (BEGIN, COMMIT, or an error after which SQLite rolled everything back, like a
+    full disk), every op fails with that error and nothing is written. ``holds`` journals what
+    the ops did to reservations held on the loop, applied on commit."""
+    savepoints = len(ops) > 1
     try:
         if not begun:
             conn.execute("BEGIN IMMEDIATE")
         for op in ops:
-            conn.execute("SAVEPOINT op")
+            if savepoints:
+                conn.execute("SAVEPOINT op")
             holds.begin_write()
             try:
                 op.result = op.fn(conn)
@@ -270,9 +299,11 @@ def _run_batch(
                 holds.drop_write()
                 if not conn.in_transaction:
                     raise
-                conn.execute("ROLLBACK TO op")
-            conn.execute("RELEASE op")
-        conn.execute("COMMIT")
+                conn.execute("ROLLBACK TO op" if savepoints else "ROLLBACK")
+            if savepoints:
+                conn.execute("RELEASE op")
+        if conn.in_transaction:  # not after a lone op's rollback
+            conn.execute("COMMIT")
         holds.commit()
     except BaseException as exc:
         holds.rollback()
@@ -287,19 +318,6 @@ def _run_batch(
             op.done = True
             if op.error is not None and op.lost is not None:
                 op.lost(op.error)
-
-
-def _begin_at_once(conn: sqlite3.Connection, busy_timeout_s: float) -> bool:
-    """``BEGIN IMMEDIATE`` unless another connection holds the write lock: False then, at once
-    (the event loop must never wait for another process)."""
-    conn.execute("PRAGMA busy_timeout = 0")
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        return True
-    except sqlite3.Error:
-        return False
-    finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
 
 
 def retrieve(task: asyncio.Future[None]) -> None:
