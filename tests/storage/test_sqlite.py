@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import NotFound, StorageUnavailable
-from gateway.storage import checkpoints, sqlite_writer
 from gateway.storage import sqlite as sqlite_engine
+from gateway.storage import sqlite_writer
 from gateway.storage.base import Reservation, Store, Usage, UsageStatus
 from gateway.storage.holds import Holds
 from gateway.storage.sqlite import MIGRATIONS, SQLiteStore
@@ -557,58 +557,3 @@ async def test_a_waited_for_write_runs_on_the_loop_only_when_that_is_safe(db_pat
                 other.close()
         finally:
             await store.close()
-
-
-# -- WAL checkpoints (storage/checkpoints.py) ---------------------------------------------------
-# In WAL mode the database file grows only when a checkpoint copies pages into it (_size).
-async def _fill_wal(store: SQLiteStore) -> None:
-    """About 1,700 WAL frames: past SQLite's own mark (1,000), short of ``FAR_MARK`` (4,000)."""
-    for n in range(400):
-        await store.create_wallet(f"w{n}", 10)
-
-
-async def test_sqlite_checkpoints_inside_a_commit_by_default(db_path: Path) -> None:
-    store = SQLiteStore(str(db_path))
-    await store.open()
-    try:
-        before = _size(db_path)
-        await _fill_wal(store)
-        assert _size(db_path) > before  # a commit copied the WAL into the file
-    finally:
-        await store.close()
-
-
-async def test_with_checkpoints_behind_no_commit_checkpoints(db_path: Path) -> None:
-    store = SQLiteStore(str(db_path))
-    await store.open()
-    try:
-        await store.checkpoint_behind(every_s=3600)  # none comes during this test
-        before = _size(db_path)
-        await _fill_wal(store)
-        assert _size(db_path) == before  # everything is still in the WAL
-        mark = await store._read(lambda c: c.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
-        assert mark == checkpoints.FAR_MARK
-    finally:
-        await store.close()
-    reopened = sqlite3.connect(db_path)
-    try:  # closing checkpointed it all: nothing lost
-        assert reopened.execute("SELECT COUNT(*) FROM wallets").fetchone()[0] == 400
-    finally:
-        reopened.close()
-
-
-async def test_checkpoints_behind_copy_the_wal_into_the_file(db_path: Path) -> None:
-    store = SQLiteStore(str(db_path))
-    await store.open()
-    try:
-        await store.checkpoint_behind(every_s=0.05)
-        before = _size(db_path)
-        await _fill_wal(store)
-        deadline = time.monotonic() + 10
-        while _size(db_path) == before:
-            assert time.monotonic() < deadline, "no checkpoint in 10 s"
-            await asyncio.sleep(0.05)
-        wallet = await store.create_wallet("after", 1)  # writes go on beside them
-        assert await store.get_wallet(wallet.id) == wallet
-    finally:
-        await store.close()

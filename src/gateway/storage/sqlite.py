@@ -33,7 +33,6 @@ from gateway.storage.base import (
     Usage,
     Wallet,
 )
-from gateway.storage.checkpoints import FAR_MARK, Checkpointer
 from gateway.storage.holds import Holds
 from gateway.storage.rules import (
     ENTRY_COLUMNS,
@@ -184,8 +183,6 @@ class SQLiteStore(Store):
         #: Whether to run a write inline now (the gateway says: when it serves one request).
         self.inline_when: Callable[[], bool] = lambda: True
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
-        self._opened: tuple[str, bool] = (path, False)  # what open() connected to, uri or not
-        self._checkpointer: Checkpointer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
@@ -212,7 +209,6 @@ class SQLiteStore(Store):
         except BaseException:
             await db.close()
             raise
-        self._opened = (target, uri)
         self._writer = Writer(
             db,
             self._holds,
@@ -240,23 +236,7 @@ class SQLiteStore(Store):
         if version < len(MIGRATIONS):
             _in_transaction(_migrate, conn)
 
-    async def checkpoint_behind(self, every_s: float) -> None:
-        """Checkpoint the WAL every ``every_s`` from a connection of its own, not inside a
-        request's commit (:mod:`gateway.storage.checkpoints`). The server does this; a short
-        CLI command leaves it to SQLite. Nothing to do for ``:memory:``."""
-        if self._checkpointer is not None or self.path == ":memory:":
-            return
-        await self._read(lambda conn: conn.execute(f"PRAGMA wal_autocheckpoint = {FAR_MARK}"))
-        target, uri = self._opened
-        checkpointer = Checkpointer(target, uri=uri, every_s=every_s)
-        with storage_errors(f"cannot open SQLite database {self.path!r}"):
-            await checkpointer.start()
-        self._checkpointer = checkpointer
-
     async def close(self) -> None:
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            await checkpointer.close()
         for timer, _ in self._rowless.values():  # requests still running die with the process
             if timer is not None:
                 timer.cancel()
