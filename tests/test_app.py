@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,3 +65,16 @@ def test_an_embedded_app_leaves_the_collector_alone(tmp_path: Path, restored_gc:
         assert client.get("/healthz").status_code == 200
         assert gc.get_freeze_count() == 0
         assert gc.get_threshold() == (700, 10, 10)
+
+
+def test_the_server_checkpoints_its_sqlite_wal_in_the_background(tmp_path: Path) -> None:
+    """SQLite alone would leave the migration's pages in the WAL until 1,000 had gathered."""
+    db = tmp_path / "gateway.db"
+    app = _app(tmp_path)
+    with TestClient(app) as client:
+        assert client.get("/healthz").status_code == 200
+        started = db.stat().st_size
+        deadline = time.monotonic() + 10
+        while db.stat().st_size == started:
+            assert time.monotonic() < deadline, "no checkpoint in 10 s"
+            time.sleep(0.1)

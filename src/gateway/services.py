@@ -26,6 +26,9 @@ from gateway.upstream import Backend, HttpBackend, open_session
 
 __all__ = ["Services", "open_store"]
 
+#: How often the server copies SQLite's WAL into the database (storage/checkpoints.py).
+CHECKPOINT_EVERY_S = 1.0
+
 log = structlog.get_logger("gateway.services")
 
 
@@ -82,6 +85,7 @@ class Services:
         if isinstance(self.store, SQLiteStore):
             metrics = self.metrics
             self.store.inline_when = lambda: metrics.active <= 1
+            await self.store.checkpoint_behind(every_s=CHECKPOINT_EVERY_S)
         self.relay = Relay(
             config=self.config,
             store=self.store,

@@ -557,3 +557,45 @@ async def test_a_waited_for_write_runs_on_the_loop_only_when_that_is_safe(db_pat
                 other.close()
         finally:
             await store.close()
+
+
+# -- WAL checkpoints (storage/checkpoints.py) ---------------------------------------------------
+# In WAL mode the database file grows only when a checkpoint copies pages into it (_size).
+async def _some_writes(store: SQLiteStore) -> None:
+    """About 100 WAL frames: far from SQLite's own checkpoint mark (1,000)."""
+    for n in range(20):
+        await store.create_wallet(f"w{n}", 10)
+
+
+async def test_by_default_a_few_writes_stay_in_the_wal(db_path: Path) -> None:
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    try:
+        before = _size(db_path)
+        await _some_writes(store)
+        await asyncio.sleep(0.3)
+        assert _size(db_path) == before
+    finally:
+        await store.close()
+
+
+async def test_checkpoints_behind_copy_the_wal_into_the_file(db_path: Path) -> None:
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    try:
+        await store.checkpoint_behind(every_s=0.05)
+        before = _size(db_path)
+        await _some_writes(store)
+        deadline = time.monotonic() + 10
+        while _size(db_path) == before:
+            assert time.monotonic() < deadline, "no checkpoint in 10 s"
+            await asyncio.sleep(0.05)
+        wallet = await store.create_wallet("after", 1)  # writes go on beside them
+        assert await store.get_wallet(wallet.id) == wallet
+    finally:
+        await store.close()
+    reopened = sqlite3.connect(db_path)
+    try:
+        assert reopened.execute("SELECT COUNT(*) FROM wallets").fetchone()[0] == 21
+    finally:
+        reopened.close()

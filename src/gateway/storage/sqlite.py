@@ -33,6 +33,7 @@ from gateway.storage.base import (
     Usage,
     Wallet,
 )
+from gateway.storage.checkpoints import Checkpointer
 from gateway.storage.holds import Holds
 from gateway.storage.rules import (
     ENTRY_COLUMNS,
@@ -183,6 +184,8 @@ class SQLiteStore(Store):
         #: Whether to run a write inline now (the gateway says: when it serves one request).
         self.inline_when: Callable[[], bool] = lambda: True
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
+        self._opened: tuple[str, bool] = (path, False)  # what open() connected to, uri or not
+        self._checkpointer: Checkpointer | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
@@ -209,6 +212,7 @@ class SQLiteStore(Store):
         except BaseException:
             await db.close()
             raise
+        self._opened = (target, uri)
         self._writer = Writer(
             db,
             self._holds,
@@ -236,7 +240,22 @@ class SQLiteStore(Store):
         if version < len(MIGRATIONS):
             _in_transaction(_migrate, conn)
 
+    async def checkpoint_behind(self, every_s: float) -> None:
+        """Checkpoint the WAL every ``every_s`` from a connection of its own, beside the writes
+        (:mod:`gateway.storage.checkpoints`). The server does this; a short
+        CLI command leaves it to SQLite. Nothing to do for ``:memory:``."""
+        if self._checkpointer is not None or self.path == ":memory:":
+            return
+        target, uri = self._opened
+        checkpointer = Checkpointer(target, uri=uri, every_s=every_s)
+        with storage_errors(f"cannot open SQLite database {self.path!r}"):
+            await checkpointer.start()
+        self._checkpointer = checkpointer
+
     async def close(self) -> None:
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await checkpointer.close()
         for timer, _ in self._rowless.values():  # requests still running die with the process
             if timer is not None:
                 timer.cancel()
