@@ -242,8 +242,8 @@ class SQLiteStore(Store):
 
     async def checkpoint_behind(self, every_s: float) -> None:
         """Checkpoint the WAL every ``every_s`` from a connection of its own, beside the writes
-        (:mod:`gateway.storage.checkpoints`). The server does this; a short
-        CLI command leaves it to SQLite. Nothing to do for ``:memory:``."""
+        (:mod:`gateway.storage.checkpoints`). The server does this; a short CLI command leaves
+        it to SQLite. Nothing to do for ``:memory:``."""
         if self._checkpointer is not None or self.path == ":memory:":
             return
         target, uri = self._opened
