@@ -37,7 +37,7 @@ class Checkpointer:
         self._every_s = every_s
         self._conn: sqlite3.Connection | None = None
         self._task: asyncio.Task[None] | None = None
-        self._running: asyncio.Future[tuple[int, int, int]] | None = None
+        self._running: asyncio.Future[None] | None = None  # the last checkpoint
 
     async def start(self) -> None:
         self._conn = await asyncio.to_thread(
@@ -45,29 +45,17 @@ class Checkpointer:
         )
         self._task = asyncio.create_task(self._every(), name="sqlite-checkpoints")
 
-    async def run(self) -> tuple[int, int, int]:
-        """One checkpoint now (or the one under way): SQLite's ``(busy, frames in the WAL,
-        frames checkpointed)``."""
-        running = self._running
-        if running is None:
-            conn = self._conn
-            if conn is None:
-                raise RuntimeError("the checkpointer is closed")
-            running = self._running = asyncio.ensure_future(asyncio.to_thread(_checkpoint, conn))
-            running.add_done_callback(self._finished)
-        return await asyncio.shield(running)
-
-    def _finished(self, running: asyncio.Future[tuple[int, int, int]]) -> None:
-        self._running = None
-        if not running.cancelled():
-            running.exception()  # retrieved: whoever awaited it was told
-
     async def _every(self) -> None:
+        conn = self._conn
+        assert conn is not None, "started"
         failing = False
         while True:
             await asyncio.sleep(self._every_s)
+            # shielded: cancelled (closing), the thread still runs; close() waits for it
+            running = self._running = asyncio.ensure_future(asyncio.to_thread(_checkpoint, conn))
+            running.add_done_callback(_retrieved)
             try:
-                await self.run()
+                await asyncio.shield(running)
             except sqlite3.Error as exc:  # the disk is full or gone: the writes say so too
                 if not failing:
                     log.warning("wal_checkpoint_failed", error=str(exc))
@@ -81,7 +69,7 @@ class Checkpointer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._running is not None:  # a checkpoint still running in its thread
+        if self._running is not None:  # it may still be running in its thread
             with contextlib.suppress(Exception):
                 await self._running
         conn, self._conn = self._conn, None
@@ -89,6 +77,12 @@ class Checkpointer:
             await asyncio.to_thread(conn.close)
 
 
-def _checkpoint(conn: sqlite3.Connection) -> tuple[int, int, int]:
-    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    return int(row[0]), int(row[1]), int(row[2])
+def _checkpoint(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+
+def _retrieved(running: asyncio.Future[None]) -> None:
+    """A checkpoint's error reaches ``_every``, unless ``close`` cancelled it meanwhile: then
+    it is dropped, not reported as an exception nobody retrieved."""
+    if not running.cancelled():
+        running.exception()
