@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import gc
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from litestar import Litestar
-from litestar.exceptions import LitestarDeprecationWarning
 from litestar.testing import TestClient
 
 from gateway.app import create_app
@@ -26,9 +24,7 @@ def restored_gc() -> Iterator[None]:
 
 
 def _app(tmp_path: Path, *, own_process: bool = False) -> Litestar:
-    with warnings.catch_warnings():  # litestar's deprecation notes about handler signatures
-        warnings.simplefilter("ignore", LitestarDeprecationWarning)
-        return create_app(parse_config(_config(tmp_path)), own_process=own_process)
+    return create_app(parse_config(_config(tmp_path)), own_process=own_process)
 
 
 def _config(tmp_path: Path) -> str:

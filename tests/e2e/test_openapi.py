@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from litestar.exceptions import LitestarDeprecationWarning
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -73,9 +71,7 @@ def documented(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Documented]
 
 
 def _served_routes(config_path: Path) -> set[tuple[str, str]]:
-    with warnings.catch_warnings():  # litestar's deprecation notes about handler signatures
-        warnings.simplefilter("ignore", LitestarDeprecationWarning)
-        app = create_app(load_config(str(config_path)))
+    app = create_app(load_config(str(config_path)))
     served = {("POST", path) for path in METERED_ROUTES}  # plain ASGI, ahead of Litestar
     for route in app.routes:
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)

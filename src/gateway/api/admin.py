@@ -99,16 +99,18 @@ def admin_handlers(services: Services) -> list[HTTPRouteHandler]:
         return json_response({"data": [wallet_json(w) for w in await store.list_wallets()]})
 
     @get("/admin/wallets/{wallet_id:str}")
-    async def show_wallet(request: Request[Any, Any, Any], wallet_id: str) -> Response[bytes]:
+    async def show_wallet(request: Request[Any, Any, Any]) -> Response[bytes]:
         authorize(request)
+        wallet_id: str = request.path_params["wallet_id"]
         wallet = await store.get_wallet(wallet_id)
         if wallet is None:
             raise NotFound(f"No wallet '{wallet_id}'.")
         return json_response(wallet_json(wallet))
 
     @post("/admin/wallets/{wallet_id:str}/credits", status_code=201)
-    async def credit(request: Request[Any, Any, Any], wallet_id: str) -> Response[bytes]:
+    async def credit(request: Request[Any, Any, Any]) -> Response[bytes]:
         authorize(request)
+        wallet_id: str = request.path_params["wallet_id"]
         wallet, created = await operations.credit_wallet(store, wallet_id, await json_body(request))
         return json_response(wallet_json(wallet), 201 if created else 200)
 
@@ -119,8 +121,9 @@ def admin_handlers(services: Services) -> list[HTTPRouteHandler]:
         return json_response(transfer_json(done), 201 if created else 200)
 
     @get("/admin/wallets/{wallet_id:str}/ledger")
-    async def ledger(request: Request[Any, Any, Any], wallet_id: str) -> Response[bytes]:
+    async def ledger(request: Request[Any, Any, Any]) -> Response[bytes]:
         authorize(request)
+        wallet_id: str = request.path_params["wallet_id"]
         limit = operations.parse_limit(request.query_params.get("limit"))
         if await store.get_wallet(wallet_id) is None:
             raise NotFound(f"No wallet '{wallet_id}'.")
@@ -141,8 +144,9 @@ def admin_handlers(services: Services) -> list[HTTPRouteHandler]:
         return json_response({"data": [key_json(k) for k in keys]})
 
     @delete("/admin/keys/{key_id:str}", status_code=200)
-    async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> Response[bytes]:
+    async def revoke_key(request: Request[Any, Any, Any]) -> Response[bytes]:
         authorize(request)
+        key_id: str = request.path_params["key_id"]
         key = await store.revoke_key(key_id, time.time())
         if key is None:
             raise NotFound(f"No key '{key_id}'.")

@@ -33,9 +33,9 @@ def client_handlers(services: Services) -> list[HTTPRouteHandler]:
         return json_response({"object": "list", "data": data})
 
     @get("/v1/models/{model_id:path}")
-    async def model(request: Request[Any, Any, Any], model_id: str) -> Response[bytes]:
+    async def model(request: Request[Any, Any, Any]) -> Response[bytes]:
         key = await services.keys.authenticate(request.headers.get("authorization"))
-        name = model_id.lstrip("/")
+        name = str(request.path_params["model_id"]).lstrip("/")
         if name not in relay().models_for(key):
             raise ModelNotFound(f"The model '{name}' does not exist.", param="model")
         return json_response(model_json(name))
