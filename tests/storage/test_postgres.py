@@ -25,7 +25,8 @@ import pytest
 from gateway.errors import StorageUnavailable
 from gateway.storage import postgres
 from gateway.storage.base import ApiKey, Reservation, Store, Usage, UsageStatus
-from gateway.storage.postgres import MIGRATIONS, PostgresStore
+from gateway.storage.postgres import PostgresStore
+from gateway.storage.postgres_sql import MIGRATIONS
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"

@@ -19,7 +19,8 @@ from gateway.storage import sqlite as sqlite_engine
 from gateway.storage import sqlite_writer
 from gateway.storage.base import Reservation, Store, Usage, UsageStatus
 from gateway.storage.holds import Holds
-from gateway.storage.sqlite import MIGRATIONS, SQLiteStore
+from gateway.storage.sqlite import SQLiteStore
+from gateway.storage.sqlite_schema import MIGRATIONS
 from gateway.storage.sqlite_writer import call_in_worker
 
 Invariants = Callable[[Store], Awaitable[None]]

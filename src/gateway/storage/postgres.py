@@ -43,6 +43,7 @@ import asyncpg
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.ids import unique_id
+from gateway.storage import postgres_sql as sql
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -50,7 +51,6 @@ from gateway.storage.base import (
     Store,
     Transfer,
     Usage,
-    UsageStatus,
     Wallet,
 )
 from gateway.storage.rules import (
@@ -65,7 +65,7 @@ from gateway.storage.rules import (
     new_transfer,
 )
 
-__all__ = ["MIGRATIONS", "PostgresStore"]
+__all__ = ["PostgresStore"]
 
 
 class _Row(Protocol):
@@ -80,226 +80,6 @@ class _Row(Protocol):
 MIGRATION_LOCK = 0x6761_7465_7761_7931  # "gatewa" "y1"
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 _RELEASE_BATCH = 1_000
-
-# Ordered schema steps, each recorded in ``schema_migrations`` once applied. Append new steps;
-# never edit a released one.
-MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    (
-        "initial",
-        (
-            """CREATE TABLE wallets (
-                id TEXT PRIMARY KEY,
-                name TEXT NOT NULL,
-                balance BIGINT NOT NULL DEFAULT 0 CHECK (balance >= 0),
-                reserved BIGINT NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= balance),
-                created_at DOUBLE PRECISION NOT NULL
-            )""",
-            """CREATE TABLE ledger (
-                id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                wallet_id TEXT NOT NULL REFERENCES wallets (id),
-                kind TEXT NOT NULL CHECK (kind IN ('credit', 'charge', 'transfer')),
-                amount BIGINT NOT NULL,
-                balance_after BIGINT NOT NULL,
-                request_id TEXT,
-                idempotency_key TEXT,
-                memo TEXT,
-                ref TEXT,
-                created_at DOUBLE PRECISION NOT NULL
-            )""",
-            """CREATE UNIQUE INDEX ledger_idempotency ON ledger (wallet_id, kind, idempotency_key)
-                WHERE idempotency_key IS NOT NULL""",
-            "CREATE INDEX ledger_wallet ON ledger (wallet_id, id)",
-            """CREATE TABLE reservations (
-                id TEXT PRIMARY KEY,
-                wallet_id TEXT NOT NULL REFERENCES wallets (id),
-                key_id TEXT,
-                request_id TEXT NOT NULL,
-                amount BIGINT NOT NULL CHECK (amount >= 0),
-                created_at DOUBLE PRECISION NOT NULL,
-                expires_at DOUBLE PRECISION NOT NULL
-            )""",
-            "CREATE INDEX reservations_expires ON reservations (expires_at)",
-            # seq orders usage newest first, stably; no foreign key: an append-only log.
-            """CREATE TABLE usage (
-                seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                request_id TEXT NOT NULL UNIQUE,
-                key_id TEXT,
-                wallet_id TEXT NOT NULL,
-                model TEXT NOT NULL,
-                backend TEXT,
-                prompt_tokens BIGINT NOT NULL,
-                completion_tokens BIGINT NOT NULL,
-                cached_tokens BIGINT NOT NULL DEFAULT 0,
-                cost BIGINT NOT NULL DEFAULT 0,
-                shortfall BIGINT NOT NULL DEFAULT 0,
-                status TEXT NOT NULL,
-                stream BOOLEAN NOT NULL DEFAULT FALSE,
-                latency_ms BIGINT NOT NULL DEFAULT 0,
-                endpoint TEXT NOT NULL,
-                extra TEXT,
-                created_at DOUBLE PRECISION NOT NULL
-            )""",
-            "CREATE INDEX usage_wallet ON usage (wallet_id, seq)",
-            "CREATE INDEX usage_key ON usage (key_id, seq)",
-            """CREATE TABLE keys (
-                id TEXT PRIMARY KEY,
-                wallet_id TEXT NOT NULL REFERENCES wallets (id),
-                name TEXT NOT NULL,
-                key_hash TEXT NOT NULL UNIQUE,
-                prefix TEXT NOT NULL,
-                models TEXT[],
-                rpm BIGINT,
-                tpm BIGINT,
-                spend_limit BIGINT,
-                spent BIGINT NOT NULL DEFAULT 0,
-                expires_at DOUBLE PRECISION,
-                created_at DOUBLE PRECISION NOT NULL,
-                revoked_at DOUBLE PRECISION
-            )""",
-            "CREATE INDEX keys_wallet ON keys (wallet_id)",
-            """CREATE TABLE transfers (
-                id TEXT PRIMARY KEY,
-                from_wallet TEXT NOT NULL REFERENCES wallets (id),
-                to_wallet TEXT NOT NULL REFERENCES wallets (id),
-                amount BIGINT NOT NULL CHECK (amount > 0),
-                idempotency_key TEXT UNIQUE,
-                created_at DOUBLE PRECISION NOT NULL
-            )""",
-        ),
-    ),
-)
-
-# A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
-_ON_USAGE_CONFLICT = (
-    "ON CONFLICT (request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = EXCLUDED.{c}" for c in USAGE_COLUMNS.split(", ")[1:])
-    + f" WHERE usage.status = '{UsageStatus.ABANDONED.value}'"
-)
-
-_CREATE_WALLET = f"""
-WITH w AS (
-    INSERT INTO wallets ({WALLET_COLUMNS}) VALUES ($1, $2, $3, 0, $4) RETURNING {WALLET_COLUMNS}
-), opening AS (
-    INSERT INTO ledger (wallet_id, kind, amount, balance_after, memo, created_at)
-    SELECT id, 'credit', balance, balance, 'opening balance', created_at FROM w WHERE balance > 0
-)
-SELECT {WALLET_COLUMNS} FROM w"""
-
-# A replay (the key is in the ledger) updates nothing; two first uses racing both pass the
-# NOT EXISTS, and the unique index refuses the second ledger row (and with it the statement).
-_CREDIT = f"""
-WITH w AS (
-    UPDATE wallets SET balance = balance + $2 WHERE id = $1 AND NOT EXISTS (
-        SELECT FROM ledger WHERE wallet_id = $1 AND kind = 'credit' AND idempotency_key = $3
-    ) RETURNING {WALLET_COLUMNS}
-), entry AS (
-    INSERT INTO ledger (wallet_id, kind, amount, balance_after, idempotency_key, memo, created_at)
-    SELECT id, 'credit', $2, balance, $3, $4, $5 FROM w
-)
-SELECT {WALLET_COLUMNS} FROM w"""
-
-_TRANSFER_MOVE = f"""
-WITH t AS (
-    INSERT INTO transfers ({TRANSFER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)
-    ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
-), src AS (
-    UPDATE wallets SET balance = balance - $4 FROM t WHERE wallets.id = $2 RETURNING balance
-), dst AS (
-    UPDATE wallets SET balance = balance + $4 FROM t WHERE wallets.id = $3 RETURNING balance
-), entries AS (
-    INSERT INTO ledger (
-        wallet_id, kind, amount, balance_after, idempotency_key, memo, ref, created_at
-    )
-    SELECT $2, 'transfer', -$4::bigint, src.balance, $6, $7, $1, $5 FROM src
-    UNION ALL
-    SELECT $3, 'transfer', $4, dst.balance, $6, $7, $1, $5 FROM dst
-)
-SELECT count(*) FROM t"""
-
-# The hold is computed from the locked (latest) wallet row, and the new values are set from that
-# row too, never from the UPDATE's own view of it: under concurrency the UPDATE first sees the
-# version of its snapshot, and PostgreSQL checks constraints on the row it would make of that
-# version before it moves to the latest one (``wallets_check`` would fail on a row that is never
-# written). The reservation row is written only when the hold was.
-_RESERVE = """
-WITH w AS (
-    SELECT id, reserved, LEAST($5::bigint, balance - reserved) AS amount FROM wallets
-    WHERE id = $2 AND balance - reserved >= $4::bigint FOR NO KEY UPDATE
-), hold AS (
-    UPDATE wallets SET reserved = w.reserved + w.amount FROM w
-    WHERE wallets.id = w.id RETURNING w.amount
-)
-INSERT INTO reservations (id, wallet_id, key_id, request_id, amount, created_at, expires_at)
-SELECT $1, $2, $3, $6, amount, $7, $8 FROM hold RETURNING amount"""
-
-_EXTEND = """
-WITH r AS (
-    SELECT wallet_id, amount, expires_at FROM reservations WHERE id = $1 FOR UPDATE
-), w AS (
-    SELECT w.id, w.reserved, LEAST($3::bigint, w.balance - w.reserved) AS amount
-    FROM wallets w JOIN r ON w.id = r.wallet_id
-    WHERE w.balance - w.reserved >= $2::bigint FOR NO KEY UPDATE OF w
-), hold AS (
-    UPDATE wallets SET reserved = w.reserved + w.amount FROM w
-    WHERE wallets.id = w.id RETURNING w.amount
-)
-UPDATE reservations
-SET amount = r.amount + hold.amount, expires_at = GREATEST(r.expires_at, $4::float8)
-FROM hold, r WHERE reservations.id = $1 RETURNING reservations.amount, reservations.expires_at"""
-
-# Locks the reservation, then its wallet; writes the usage record first and moves money only if
-# it was written (else nothing changes: a Conflict, or a repeated settle of a released hold).
-_SETTLE = f"""
-WITH r AS (
-    SELECT wallet_id, amount FROM reservations WHERE id = $1 FOR UPDATE
-), w AS (
-    SELECT w.id, w.balance, w.reserved, r.amount AS held,
-           GREATEST(0, LEAST($12::bigint, w.balance - w.reserved + r.amount)) AS charge
-    FROM wallets w JOIN r ON w.id = r.wallet_id FOR NO KEY UPDATE OF w
-), u AS (
-    INSERT INTO usage ({USAGE_COLUMNS})
-    SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, c.charge, $12 - c.charge, $13, $14, $15, $16
-    FROM (SELECT COALESCE((SELECT charge FROM w), 0) AS charge) AS c
-    {_ON_USAGE_CONFLICT}
-    RETURNING cost
-), gone AS (
-    DELETE FROM reservations WHERE id = $1 AND EXISTS (SELECT FROM u) AND EXISTS (SELECT FROM w)
-    RETURNING id
-), paid AS (
-    UPDATE wallets SET balance = w.balance - w.charge, reserved = w.reserved - w.held
-    FROM w WHERE wallets.id = w.id AND EXISTS (SELECT FROM gone)
-    RETURNING wallets.id, wallets.balance, w.charge
-), entry AS (
-    INSERT INTO ledger (wallet_id, kind, amount, balance_after, request_id, created_at)
-    SELECT id, 'charge', -charge, balance, $2, $17 FROM paid WHERE charge > 0
-), spent AS (
-    UPDATE keys SET spent = keys.spent + paid.charge FROM paid
-    WHERE keys.id = $3 AND paid.charge > 0
-)
-SELECT EXISTS (SELECT FROM r) AS held, (SELECT cost FROM u) AS charge"""
-
-_RELEASE_PICK = """
-WITH picked AS (
-    SELECT id FROM reservations {where} LIMIT {limit} FOR UPDATE SKIP LOCKED
-)
-DELETE FROM reservations USING picked WHERE reservations.id = picked.id
-RETURNING reservations.wallet_id, reservations.key_id, reservations.request_id,
-          reservations.amount"""
-
-_RELEASE_WALLETS = """
-UPDATE wallets SET reserved = wallets.reserved - s.amount
-FROM unnest($1::text[], $2::bigint[]) AS s (id, amount) WHERE wallets.id = s.id"""
-
-_ABANDONED = f"""
-INSERT INTO usage ({USAGE_COLUMNS})
-SELECT request_id, key_id, wallet_id, 'unknown', NULL, 0, 0, '{UsageStatus.ABANDONED.value}', $4,
-       0, 0, 0, FALSE, 0, 'chat.completions', NULL
-FROM unnest($1::text[], $2::text[], $3::text[]) AS a (request_id, key_id, wallet_id)
-ON CONFLICT (request_id) DO NOTHING"""
-
-_CREATE_KEY = f"""
-INSERT INTO keys ({KEY_COLUMNS}) SELECT {", ".join(f"${i}" for i in range(1, 14))}
-WHERE EXISTS (SELECT FROM wallets WHERE id = $2) RETURNING {KEY_COLUMNS}"""
 
 
 class PostgresStore(Store):
@@ -399,7 +179,7 @@ class PostgresStore(Store):
         if balance < 0:
             raise InvalidRequest("an opening balance must not be negative", param="balance")
         wallet_id = "w_" + secrets.token_hex(8)
-        row = await self._fetchrow(_CREATE_WALLET, wallet_id, name, balance, time.time())
+        row = await self._fetchrow(sql.CREATE_WALLET, wallet_id, name, balance, time.time())
         return _wallet(_present(row))
 
     async def get_wallet(self, wallet_id: str) -> Wallet | None:
@@ -422,7 +202,7 @@ class PostgresStore(Store):
             raise InvalidRequest("a credit must be greater than zero", param="amount")
         args = (wallet_id, amount, idempotency_key, memo, time.time())
         try:
-            row = await self._fetchrow(_CREDIT, *args)
+            row = await self._fetchrow(sql.CREDIT, *args)
         except asyncpg.UniqueViolationError as exc:  # the same key's first use won a race
             if exc.constraint_name != "ledger_idempotency":
                 raise
@@ -463,7 +243,7 @@ class PostgresStore(Store):
             if available[from_wallet] < amount:
                 raise cannot_pay(from_wallet, amount, available[from_wallet])
             args = (*dataclasses.astuple(transfer), memo)
-            if await conn.fetchval(_TRANSFER_MOVE, *args):
+            if await conn.fetchval(sql.TRANSFER_MOVE, *args):
                 return transfer, True
         # The same key's first use committed while this one waited: it moved nothing.
         first = await self._fetchrow(replay, idempotency_key)
@@ -493,7 +273,7 @@ class PostgresStore(Store):
         expires = now + lease_s
         async with self._turns.of(wallet_id):
             amount = await self._fetchval(
-                _RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, expires
+                sql.RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, expires
             )
         if amount is None:
             return None
@@ -506,7 +286,7 @@ class PostgresStore(Store):
         check_bounds(minimum, maximum)
         expires = time.time() + (reservation.expires_at - reservation.created_at)
         async with self._turns.of(reservation.wallet_id):
-            row = await self._fetchrow(_EXTEND, reservation.id, minimum, maximum, expires)
+            row = await self._fetchrow(sql.EXTEND, reservation.id, minimum, maximum, expires)
         if row is None:
             return None
         return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
@@ -517,7 +297,7 @@ class PostgresStore(Store):
         params[10] = cost  # $12: what the request cost; the charge and shortfall follow from it
         del params[11]
         async with self._turns.of(reservation.wallet_id):
-            row = _present(await self._fetchrow(_SETTLE, reservation.id, *params, time.time()))
+            row = _present(await self._fetchrow(sql.SETTLE, reservation.id, *params, time.time()))
         held, charge = bool(row[0]), row[1]
         if charge is not None:
             if not held:  # released by recovery: recorded, nothing charged
@@ -533,7 +313,7 @@ class PostgresStore(Store):
 
     async def release_expired(self, now: float, *, all_: bool = False) -> int:
         where = "" if all_ else "WHERE expires_at < $1"
-        pick = _RELEASE_PICK.format(where=where, limit=_RELEASE_BATCH)
+        pick = sql.RELEASE_PICK.format(where=where, limit=_RELEASE_BATCH)
         args: tuple[object, ...] = () if all_ else (now,)
         total = 0
         while True:
@@ -570,7 +350,7 @@ class PostgresStore(Store):
             key.rpm, key.tpm, key.spend_limit, key.spent, key.expires_at, key.revoked_at,
         )  # fmt: skip
         try:
-            row = await self._fetchrow(_CREATE_KEY, *params)
+            row = await self._fetchrow(sql.CREATE_KEY, *params)
         except asyncpg.UniqueViolationError as exc:
             raise Conflict("a key with this id or secret already exists") from exc
         if row is None:
@@ -692,7 +472,7 @@ async def _migrate(conn: Any, schema: str | None) -> None:
     """Apply the missing steps in one transaction, under an advisory lock so that instances
     starting together migrate one after the other (the later ones find nothing to do). A
     current schema is left alone without a lock or a write (a read-only role may start)."""
-    if await _version(conn) == len(MIGRATIONS):
+    if await _version(conn) == len(sql.MIGRATIONS):
         return
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
@@ -706,10 +486,10 @@ async def _migrate(conn: Any, schema: str | None) -> None:
             "applied_at DOUBLE PRECISION NOT NULL)"
         )
         version = await _version(conn)
-        if version > len(MIGRATIONS):
+        if version > len(sql.MIGRATIONS):
             raise _too_new(version, schema or "default")
-        for number in range(version + 1, len(MIGRATIONS) + 1):
-            name, statements = MIGRATIONS[number - 1]
+        for number in range(version + 1, len(sql.MIGRATIONS) + 1):
+            name, statements = sql.MIGRATIONS[number - 1]
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute(
@@ -727,12 +507,12 @@ async def _check_version(conn: Any, where: str) -> None:
             "(or start with [storage] migrate_on_start = true)"
         )
     version = await _version(conn)
-    if version > len(MIGRATIONS):
+    if version > len(sql.MIGRATIONS):
         raise _too_new(version, where)
-    if version < len(MIGRATIONS):
+    if version < len(sql.MIGRATIONS):
         raise StorageUnavailable(
             f"PostgreSQL at {where} has schema version {version}, this gateway needs "
-            f"{len(MIGRATIONS)}: run `gateway migrate`"
+            f"{len(sql.MIGRATIONS)}: run `gateway migrate`"
         )
 
 
@@ -746,7 +526,7 @@ async def _version(conn: Any) -> int:
 def _too_new(version: int, where: str) -> StorageUnavailable:
     return StorageUnavailable(
         f"PostgreSQL at {where} has schema version {version}, newer than this gateway knows "
-        f"({len(MIGRATIONS)}): upgrade the gateway"
+        f"({len(sql.MIGRATIONS)}): upgrade the gateway"
     )
 
 
@@ -760,9 +540,9 @@ async def _release(conn: Any, released: Sequence[_Row]) -> None:
     await conn.execute(
         "SELECT FROM wallets WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", wallet_ids
     )
-    await conn.execute(_RELEASE_WALLETS, wallet_ids, [held[w] for w in wallet_ids])
+    await conn.execute(sql.RELEASE_WALLETS, wallet_ids, [held[w] for w in wallet_ids])
     await conn.execute(
-        _ABANDONED,
+        sql.ABANDONED,
         [row["request_id"] for row in released],
         [row["key_id"] for row in released],
         [row["wallet_id"] for row in released],

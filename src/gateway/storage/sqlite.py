@@ -47,6 +47,7 @@ from gateway.storage.rules import (
     check_settle,
     new_transfer,
 )
+from gateway.storage.sqlite_schema import MIGRATIONS, UPSERT_USAGE
 from gateway.storage.sqlite_writer import (
     BUGS,
     Lost,
@@ -56,7 +57,7 @@ from gateway.storage.sqlite_writer import (
     storage_errors,
 )
 
-__all__ = ["MIGRATIONS", "SQLiteStore"]
+__all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 Row = tuple[Any, ...]
@@ -66,100 +67,6 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: other processes to see the hold); a quicker one never needs one.
 ROW_AFTER_S = 1.0
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
-
-# Ordered schema steps: ``PRAGMA user_version`` is the number of steps applied. Append new steps;
-# never edit a released one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    (
-        """CREATE TABLE wallets (
-            id TEXT PRIMARY KEY,
-            name TEXT NOT NULL,
-            balance INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
-            reserved INTEGER NOT NULL DEFAULT 0 CHECK (reserved >= 0 AND reserved <= balance),
-            created_at REAL NOT NULL
-        )""",
-        """CREATE TABLE ledger (
-            id INTEGER PRIMARY KEY,
-            wallet_id TEXT NOT NULL REFERENCES wallets (id),
-            kind TEXT NOT NULL CHECK (kind IN ('credit', 'charge', 'transfer')),
-            amount INTEGER NOT NULL,
-            balance_after INTEGER NOT NULL,
-            request_id TEXT,
-            idempotency_key TEXT,
-            memo TEXT,
-            ref TEXT,
-            created_at REAL NOT NULL
-        )""",
-        """CREATE UNIQUE INDEX ledger_idempotency ON ledger (wallet_id, kind, idempotency_key)
-            WHERE idempotency_key IS NOT NULL""",
-        "CREATE INDEX ledger_wallet ON ledger (wallet_id, id)",
-        """CREATE TABLE reservations (
-            id TEXT PRIMARY KEY,
-            wallet_id TEXT NOT NULL REFERENCES wallets (id),
-            key_id TEXT,
-            request_id TEXT NOT NULL,
-            amount INTEGER NOT NULL CHECK (amount >= 0),
-            created_at REAL NOT NULL,
-            expires_at REAL NOT NULL
-        ) WITHOUT ROWID""",
-        "CREATE INDEX reservations_expires ON reservations (expires_at)",
-        # seq orders usage newest-first stably (timestamps tie and clocks step); no foreign key:
-        # usage is an append-only log written on the hot path.
-        """CREATE TABLE usage (
-            seq INTEGER PRIMARY KEY,
-            request_id TEXT NOT NULL UNIQUE,
-            key_id TEXT,
-            wallet_id TEXT NOT NULL,
-            model TEXT NOT NULL,
-            backend TEXT,
-            prompt_tokens INTEGER NOT NULL,
-            completion_tokens INTEGER NOT NULL,
-            cached_tokens INTEGER NOT NULL DEFAULT 0,
-            cost INTEGER NOT NULL DEFAULT 0,
-            shortfall INTEGER NOT NULL DEFAULT 0,
-            status TEXT NOT NULL,
-            stream INTEGER NOT NULL DEFAULT 0,
-            latency_ms INTEGER NOT NULL DEFAULT 0,
-            endpoint TEXT NOT NULL,
-            extra TEXT,
-            created_at REAL NOT NULL
-        )""",
-        "CREATE INDEX usage_wallet ON usage (wallet_id, seq)",
-        "CREATE INDEX usage_key ON usage (key_id, seq)",
-        """CREATE TABLE keys (
-            id TEXT PRIMARY KEY,
-            wallet_id TEXT NOT NULL REFERENCES wallets (id),
-            name TEXT NOT NULL,
-            key_hash TEXT NOT NULL UNIQUE,
-            prefix TEXT NOT NULL,
-            models TEXT,
-            rpm INTEGER,
-            tpm INTEGER,
-            spend_limit INTEGER,
-            spent INTEGER NOT NULL DEFAULT 0,
-            expires_at REAL,
-            created_at REAL NOT NULL,
-            revoked_at REAL
-        )""",
-        "CREATE INDEX keys_wallet ON keys (wallet_id)",
-        """CREATE TABLE transfers (
-            id TEXT PRIMARY KEY,
-            from_wallet TEXT NOT NULL REFERENCES wallets (id),
-            to_wallet TEXT NOT NULL REFERENCES wallets (id),
-            amount INTEGER NOT NULL CHECK (amount > 0),
-            idempotency_key TEXT UNIQUE,
-            created_at REAL NOT NULL
-        )""",
-    ),
-)
-
-# A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
-_UPSERT_USAGE = (
-    f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
-    "ON CONFLICT (request_id) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in USAGE_COLUMNS.split(", ")[1:])
-    + " WHERE usage.status = 'abandoned' RETURNING seq"
-)
 
 
 class SQLiteStore(Store):
@@ -598,7 +505,7 @@ class SQLiteStore(Store):
                     held = [(0, reservation.wallet_id)]
             if not held:  # released by recovery: record what happened, charge nothing
                 written = dataclasses.replace(usage, cost=0, shortfall=cost)
-                if conn.execute(_UPSERT_USAGE, _usage_params(written)).fetchall():
+                if conn.execute(UPSERT_USAGE, _usage_params(written)).fetchall():
                     return written
                 # settled before: settling is idempotent
                 return _usage(
@@ -634,7 +541,7 @@ class SQLiteStore(Store):
                         "UPDATE keys SET spent = spent + ? WHERE id = ?", (charge, usage.key_id)
                     )
             params[10], params[11] = charge, cost - charge
-            if not conn.execute(_UPSERT_USAGE, params).fetchall():
+            if not conn.execute(UPSERT_USAGE, params).fetchall():
                 raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
             return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
 
