@@ -371,6 +371,20 @@ def test_reads_aligned_on_events(data: st.DataObject, stream: bytes) -> None:
     assert parse(split_at(stream, cuts)) == whole
 
 
+_DATA_LINE = st.binary(max_size=12).map(
+    lambda b: b"data: " + b.replace(b"\r", b"").replace(b"\n", b"")
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.one_of(_DATA_LINE, _DATA_LINE, _LINE), min_size=1, max_size=20))
+def test_reads_of_one_line_events(lines: list[bytes]) -> None:
+    # The usual read, all ``data: `` one-liners, is split in one go: the same events as the
+    # reference's, also when one line among them is not such an event (or is blank).
+    stream = b"".join(line + b"\n\n" for line in lines)
+    assert parse([stream]) == reference(stream)
+
+
 def test_fast_path_reads() -> None:
     parser = SSEParser()
     assert parser.feed(b"data: a\n\n") == [Event(b"data: a\n\n", b"a", None)]

@@ -160,8 +160,19 @@ class SSEParser:
     def _whole_events(self, chunk: bytes) -> list[Event] | None:
         """Split LF-only ``chunk`` into events, each ended by exactly one blank line, as
         ``chunk`` is; None if it is not that (extra blank lines: the slow path's business)."""
+        body = chunk[:-2]
+        blocks = body.split(b"\n\n")
+        # All of them one-line ``data: `` events (the usual read): every LF is then in a blank
+        # line between two events, and each of those is followed by ``data: ``.
+        gaps = len(blocks) - 1
+        if (
+            body.startswith(b"data: ")
+            and body.count(b"\n") == 2 * gaps
+            and body.count(b"\n\ndata: ") == gaps
+        ):
+            return [Event(block + b"\n\n", block[6:], None) for block in blocks]
         events: list[Event] = []
-        for block in chunk[:-2].split(b"\n\n"):
+        for block in blocks:
             # the usual one-liner (find, not ``in``: on CPython 3.11 ``bytes in bytes`` first
             # tries the needle as an int, raising and clearing a TypeError, once per event)
             if block.startswith(b"data: ") and block.find(b"\n") < 0:
