@@ -511,6 +511,45 @@ def test_the_fast_path_reads_a_chunk_as_the_full_reading_does(chunk: dict[str, A
         assert fast == step
 
 
+@settings(max_examples=1000, deadline=None)
+@given(chunk=_chunks)
+def test_the_plain_decoder_answers_as_plain_delta_does(chunk: dict[str, Any]) -> None:
+    data = json.dumps(chunk).encode()
+    try:
+        expected = wire.plain_delta(wire.decode_chunk_strictly(data))
+    except msgspec.DecodeError:
+        expected = None
+    try:
+        got: tuple[int, str] | None = wire.decode_plain_delta(data)
+    except msgspec.DecodeError:
+        got = None
+    assert got == expected
+
+
+_event_data = st.one_of(
+    _chunks.map(lambda chunk: json.dumps(chunk).encode()),
+    st.sampled_from([b"[DONE]", b"not json", b'{"choices": [{"delta": {"content": "a"', b""]),
+    st.just(b'{"choices": [{"index": 0, "delta": {"content": " w"}}]}'),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(datas=st.lists(st.one_of(st.none(), _event_data), max_size=8))
+def test_a_plain_run_is_what_the_fast_path_reads_as_text(datas: list[bytes | None]) -> None:
+    """The run a read opens with: the events :meth:`read_fast` reads as (index, text), up to
+    the first it does not."""
+    events = [
+        Event(raw=b"data: " + (data or b"") + b"\n\n", data=data, event=None) for data in datas
+    ]
+    expected: list[tuple[int, str]] = []
+    for event in events:
+        fast = DIALECT.read_fast(event)
+        if not isinstance(fast, tuple):
+            break
+        expected.append(fast)
+    assert DIALECT.read_plain_run(events) == expected
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
@@ -537,6 +576,33 @@ def test_the_fast_path_takes_only_one_plain_delta(
     event = Event(raw=b"data: " + data + b"\n\n", data=data, event=None)
     fast = DIALECT.read_fast(event)
     assert fast == (expected if expected is not None else DIALECT.read_event(event))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    run=st.lists(st.tuples(st.integers(0, 2), st.text(max_size=6)), max_size=12),
+    running=st.integers(0, 40),
+    reserved=st.integers(0, 5_000),
+)
+def test_a_run_is_recorded_as_one_piece_at_a_time_would_be(
+    run: list[tuple[int, str]], running: int, reserved: int
+) -> None:
+    prices = Prices(input=1_000_000, output=100_000_000, cached_input=0)
+    at_once = Meter(COUNTER, prices, prompt_tokens=3, completion_cap=None)
+    one_by_one = Meter(COUNTER, prices, prompt_tokens=3, completion_cap=None)
+    at_once.running_completion = one_by_one.running_completion = running
+    taken = 0
+    for piece in run:  # what the relay's event-by-event loop does with plain deltas
+        texts = (piece,) if piece[1] else ()
+        if texts:
+            bound = one_by_one.peek_bound(texts)
+            if not one_by_one.fits(bound, reserved):
+                break
+            one_by_one.record(texts, bound)
+        taken += 1
+    assert at_once.record_run(run, reserved) == taken
+    assert at_once.running_completion == one_by_one.running_completion
+    assert at_once.counted_completion() == one_by_one.counted_completion()
 
 
 # -- the hot path's affordability check -------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -155,6 +155,12 @@ class Dialect(abc.ABC):
         index, text) instead of a Step. By default every event is read in full."""
         return self.read_event(event)
 
+    def read_plain_run(self, events: Sequence[Event]) -> list[tuple[int, str]]:
+        """What :meth:`read_fast` answers for each of the events that open ``events``, as
+        long as that is a (choice index, text): the plain deltas a read starts with, each
+        relayed as received. By default none."""
+        return []
+
     def render_event(self, event: Event, step: Step) -> bytes:
         """What the client gets for a relayed event (empty: nothing)."""
         return event.raw
@@ -205,6 +211,18 @@ class OpenAIDialect(Dialect):
                 return self.read_event(event)  # the lenient reading, or DROP
             return wire.plain_delta(chunk) or _chunk_step(chunk)
         return self.read_event(event)
+
+    def read_plain_run(self, events: Sequence[Event]) -> list[tuple[int, str]]:
+        run: list[tuple[int, str]] = []
+        for event in events:
+            data = event.data
+            if data is None or data[:1] != b"{":
+                break
+            try:
+                run.append(wire.decode_plain_delta(data))
+            except (msgspec.DecodeError, RecursionError):  # not a plain delta
+                break
+        return run
 
     def read_event(self, event: Event) -> Step:
         chunk = _decoded(event)

@@ -10,6 +10,8 @@ the text the upstream generated, per choice.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.dialects import Reported, Texts
 from gateway.pricing import Prices, TokenUsage
 from gateway.tokens import TokenCounter
@@ -64,6 +66,25 @@ class Meter:
             else:
                 found.append(text)
         self.running_completion += added
+
+    def record_run(self, run: Sequence[tuple[int, str]], reserved: int) -> int:
+        """Record the (choice index, text) pieces that open ``run`` (one per event, perhaps
+        empty) as far as their :meth:`peek_bound` fits in ``reserved``, as :meth:`fits` and
+        :meth:`record` one by one would; return how many. Usually all of them, at once."""
+        texts = tuple(piece for piece in run if piece[1])
+        bound = self.peek_bound(texts) if texts else 0
+        if not texts or self.fits(bound, reserved):
+            self.record(texts, bound)
+            return len(run)
+        count = total = 0  # near the reservation: piece by piece
+        for _, text in run:
+            size = len(text.encode())
+            if size and not self.fits(total + size, reserved):
+                break
+            total += size
+            count += 1
+        self.record(tuple(piece for piece in run[:count] if piece[1]), total)
+        return count
 
     def fits(self, extra_completion: int, reserved: int) -> bool:
         """Whether ``cost_with(extra_completion) <= reserved``, by one comparison of token

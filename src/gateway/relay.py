@@ -507,19 +507,27 @@ class Relay:
         plan: _Plan,
         settlement: Settlement,
     ) -> AsyncGenerator[bytes, None]:
-        """Relay a stream read by read: the events of one upstream read are metered one by
-        one and passed on together (one write to the client per read, not per event)."""
+        """Relay a stream read by read: the events of one upstream read are metered and
+        passed on together (one write to the client per read, not per event). The plain
+        deltas a read opens with are metered together, as far as the reservation surely
+        covers them (most reads: all); the rest event by event."""
         status = UsageStatus.OK
         error: GatewayError | None = None
         held: list[bytes] = []
         ended = False
+        plain = True  # the last event read was a plain delta: the next read may open with some
         try:
             async for events in _reads(first, parser, chunks):
-                out: list[bytes] = []
-                for event in events:
-                    read = dialect.read_fast(event)
+                run = dialect.read_plain_run(events) if plain else []
+                done = meter.record_run(run, settlement.reserved)
+                out = [event.raw for event in events[:done]]
+                for i in range(done, len(events)):
+                    event = events[i]
+                    read = run[i] if i < len(run) else dialect.read_fast(event)
+                    plain = isinstance(read, tuple)
+                    texts: Texts
                     if isinstance(read, tuple):  # most events: one choice's text, relayed as is
-                        texts: Texts = (read,) if read[1] else ()  # as read_event reads it
+                        texts = (read,) if read[1] else ()  # as read_event reads it
                         usage = None
                     else:
                         step = read

@@ -5,6 +5,8 @@ garbage collector (cheaper to make and to free, one per stream chunk)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 __all__ = [
@@ -14,6 +16,7 @@ __all__ = [
     "decode_answer",
     "decode_chunk",
     "decode_chunk_strictly",
+    "decode_plain_delta",
     "plain_delta",
 ]
 
@@ -149,6 +152,40 @@ def plain_delta(chunk: Chunk) -> tuple[int, str] | None:
     if delta is None or choice.message is not None or choice.text or not content_only(delta):
         return None
     return choice.index, delta.content or ""
+
+
+class _PlainDelta(msgspec.Struct, gc=False):
+    content: str | None = None
+    reasoning_content: None = None
+    refusal: None = None
+    tool_calls: None = None
+    function_call: None = None
+
+
+class _PlainChoice(msgspec.Struct, gc=False):
+    delta: _PlainDelta
+    index: int = 0
+    message: None = None
+    text: Literal[""] | None = None
+
+
+class _PlainChunk(msgspec.Struct, gc=False):
+    """A :class:`Chunk` that :func:`plain_delta` answers for, and nothing else: each field
+    :class:`Chunk` reads is here, typed to the only values that answer allows."""
+
+    choices: tuple[_PlainChoice]
+    usage: None = None
+    error: None = None
+
+
+_plain = msgspec.json.Decoder(_PlainChunk)
+
+
+def decode_plain_delta(data: bytes) -> tuple[int, str]:
+    """``plain_delta(decode_chunk_strictly(data))`` in one step, checked by the decoder: raise
+    ``msgspec.DecodeError`` (``ValidationError`` included) where that is None or raises."""
+    choice = _plain.decode(data).choices[0]
+    return choice.index, choice.delta.content or ""
 
 
 def content_only(message: Message) -> bool:
