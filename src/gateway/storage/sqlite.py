@@ -66,6 +66,11 @@ _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: A request still running this long gets its reservation row (for crash recovery, and for
 #: other processes to see the hold); a quicker one never needs one.
 ROW_AFTER_S = 1.0
+#: SQLite's page cache (its default is 2 MiB). A settlement touches some eight B-trees; on a big
+#: ledger (1M wallets, 10M usage rows) their upper pages no longer stay in 2 MiB, and the bench
+#: measured chat at 0.82x the empty ledger's requests/s, 0.93x with 64 MiB. Pages are taken as
+#: used: a small ledger never fills it.
+CACHE_KIB = 64 * 1024
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
 
 
@@ -144,6 +149,7 @@ class SQLiteStore(Store):
             )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         if version < len(MIGRATIONS):
             _in_transaction(_migrate, conn)
 
