@@ -560,8 +560,6 @@ async def test_a_waited_for_write_runs_on_the_loop_only_when_that_is_safe(db_pat
             await store.close()
 
 
-# -- WAL checkpoints (storage/checkpoints.py) ---------------------------------------------------
-# In WAL mode the database file grows only when a checkpoint copies pages into it (_size).
 async def test_the_page_cache_is_sized_for_a_big_ledger(store: SQLiteStore) -> None:
     size = await call_in_worker(
         store._open().db, lambda conn: conn.execute("PRAGMA cache_size").fetchone()[0]
@@ -569,6 +567,8 @@ async def test_the_page_cache_is_sized_for_a_big_ledger(store: SQLiteStore) -> N
     assert size == -sqlite_engine.CACHE_KIB  # KiB, where SQLite's default is 2 MiB (-2000)
 
 
+# -- WAL checkpoints (storage/checkpoints.py) ---------------------------------------------------
+# In WAL mode the database file grows only when a checkpoint copies pages into it (_size).
 async def _some_writes(store: SQLiteStore) -> None:
     """About 100 WAL frames: far from SQLite's own checkpoint mark (1,000)."""
     for n in range(20):
