@@ -584,25 +584,44 @@ def test_the_fast_path_takes_only_one_plain_delta(
     running=st.integers(0, 40),
     reserved=st.integers(0, 5_000),
 )
-def test_a_run_is_recorded_as_one_piece_at_a_time_would_be(
+def test_a_run_is_recorded_as_far_as_the_reservation_surely_pays(
     run: list[tuple[int, str]], running: int, reserved: int
 ) -> None:
+    """By the texts' UTF-8 bounds if they fit (no tokenizing), else by the exact count of
+    all generated so far with the run, else as far as the bounds fit from the exact count."""
     prices = Prices(input=1_000_000, output=100_000_000, cached_input=0)
-    at_once = Meter(COUNTER, prices, prompt_tokens=3, completion_cap=None)
-    one_by_one = Meter(COUNTER, prices, prompt_tokens=3, completion_cap=None)
-    at_once.running_completion = one_by_one.running_completion = running
-    taken = 0
-    for piece in run:  # what the relay's event-by-event loop does with plain deltas
-        texts = (piece,) if piece[1] else ()
-        if texts:
-            bound = one_by_one.peek_bound(texts)
-            if not one_by_one.fits(bound, reserved):
-                break
-            one_by_one.record(texts, bound)
-        taken += 1
-    assert at_once.record_run(run, reserved) == taken
-    assert at_once.running_completion == one_by_one.running_completion
-    assert at_once.counted_completion() == one_by_one.counted_completion()
+
+    def meter() -> Meter:
+        return Meter(COUNTER, prices, prompt_tokens=3, completion_cap=None)
+
+    def paid(completion: int) -> bool:
+        return prices.cost_of(3, completion) <= reserved
+
+    texts = [piece for piece in run if piece[1]]
+    bounds = [len(text.encode()) for _, text in texts]
+    everything = meter()
+    everything.record(tuple(texts), 0)
+    exact = everything.counted_completion()
+
+    at_once = meter()
+    at_once.running_completion = running  # over-counted so far: nothing recorded yet
+    taken = at_once.record_run(run, reserved)
+    recorded = meter()
+    recorded.record(tuple(piece for piece in run[:taken] if piece[1]), 0)
+    assert at_once.counted_completion() == recorded.counted_completion()
+    if not texts or paid(running + sum(bounds)):
+        assert taken == len(run)
+        assert at_once.running_completion == running + sum(bounds)
+    elif paid(exact):
+        assert taken == len(run)
+        assert at_once.running_completion == exact
+    else:  # piece by piece from the exact count so far (none): the first unpaid bound stops it
+        assert taken < len(run)
+        assert run[taken][1]
+        first = [len(text.encode()) for _, text in run[:taken] if text]
+        assert at_once.running_completion == sum(first)
+        assert not paid(sum(first) + len(run[taken][1].encode()))
+        assert not first or paid(sum(first))
 
 
 # -- the hot path's affordability check -------------------------------------------------------

@@ -69,14 +69,23 @@ class Meter:
 
     def record_run(self, run: Sequence[tuple[int, str]], reserved: int) -> int:
         """Record the (choice index, text) pieces that open ``run`` (one per event, perhaps
-        empty) as far as their :meth:`peek_bound` fits in ``reserved``, as :meth:`fits` and
-        :meth:`record` one by one would; return how many. Usually all of them, at once."""
+        empty) as far as ``reserved`` surely pays for them; return how many.
+
+        Usually all of them, at once: by their :meth:`peek_bound`, or, near the reservation,
+        by the exact count of everything generated so far with the run (the running count
+        becomes exact). If even that does not fit, as far as their bounds fit, as :meth:`fits`
+        and :meth:`record` one by one would: the relay takes the rest event by event."""
         texts = tuple(piece for piece in run if piece[1])
         bound = self.peek_bound(texts) if texts else 0
         if not texts or self.fits(bound, reserved):
             self.record(texts, bound)
             return len(run)
-        count = total = 0  # near the reservation: piece by piece
+        added = self._exact_with(texts) - self.running_completion
+        if self.fits(added, reserved):
+            self.record(texts, added)
+            return len(run)
+        self.recount()
+        count = total = 0  # at the reservation: piece by piece
         for _, text in run:
             size = len(text.encode())
             if size and not self.fits(total + size, reserved):
@@ -102,6 +111,22 @@ class Meter:
     def cost_with(self, extra_completion: int = 0) -> int:
         """What the request costs so far (plus ``extra_completion`` tokens), on our count."""
         return self.prices.cost_of(self.prompt_estimate, self.running_completion + extra_completion)
+
+    def _exact_with(self, texts: Texts) -> int:
+        """:meth:`counted_completion` as it would be with ``texts`` recorded."""
+        added: dict[int, list[str]] = {}
+        for index, text in texts:
+            found = added.get(index)
+            if found is None:
+                added[index] = [text]
+            else:
+                found.append(text)
+        parts = self._texts
+        count = self._counter.count_text
+        total = sum(count("".join(so_far)) for index, so_far in parts.items() if index not in added)
+        return total + sum(
+            count("".join(parts.get(index, ())) + "".join(new)) for index, new in added.items()
+        )
 
     def counted_completion(self) -> int:
         """Completion tokens counted from the generated text, choice by choice."""

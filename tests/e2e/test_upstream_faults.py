@@ -420,6 +420,46 @@ async def test_the_sdk_reads_a_stream_sent_byte_by_byte(client: Client, faults: 
     assert client.books.balance(client.wallet_id) == Decimal(10) - Decimal("0.000017")
 
 
+# -- a whole answer in one read, past the bound its bytes give -------------------------------------
+ONE_READ_WORDS = ["hello"] + [" hello"] * 59  # 60 tokens, 353 bytes of text
+
+
+async def test_a_read_of_many_events_the_reservation_pays_is_passed_on_whole(
+    client: Client, faults: Faults
+) -> None:
+    """The texts' UTF-8 length (353) is no bound the reservation (60 tokens) pays for: the
+    exact count is, and the whole read goes through."""
+    faults.raw.play = Play(head=SSE_HEAD, body=chunked([b"".join(stream_body(ONE_READ_WORDS))]))
+    status, rid, events = await client.ask(stream=True, max_tokens=60)
+    assert status == 200
+    assert content_of(events) == "".join(ONE_READ_WORDS)
+    assert error_events(events) == []
+    assert events[-1] == "[DONE]"
+    client.charged(rid, prompt=HELLO_TOKENS, completion=60, status="ok")
+
+
+async def test_a_read_of_many_events_is_cut_off_where_the_wallet_runs_out(
+    client: Client, faults: Faults, books: Admin
+) -> None:
+    """40 micro-credits pay for the prompt (8 at 1) and 16 tokens (at 2): of 60 words sent at
+    once, by an upstream that ignores max_tokens, the client gets 16 and pays for them."""
+    client.wallet_id = books.make_wallet("0.00004")
+    _key, secret = books.make_key(client.wallet_id)
+    client.auth = {"Authorization": f"Bearer {secret}"}
+    faults.raw.play = Play(head=SSE_HEAD, body=chunked([b"".join(stream_body(ONE_READ_WORDS))]))
+    status, rid, events = await client.ask(stream=True)
+    assert status == 200
+    assert faults.raw.last.json["max_tokens"] == 16
+    assert content_of(events) == "".join(ONE_READ_WORDS[:16])
+    [error] = error_events(events)
+    assert error["type"] == "insufficient_quota", error
+    assert books.usage_record(rid)["status"] == "cut_off"
+    assert books.assert_books_balance(client.wallet_id)["balance"] == "0"
+    record = books.usage_record(rid)
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (HELLO_TOKENS, 16)
+    assert D(record["cost"]) == Decimal("0.00004")
+
+
 # -- usage reports that cannot be right ---------------------------------------------------------
 USAGES = {
     # negative fields: the gateway's own count (prompt 8 by the recipe, 3 words)
