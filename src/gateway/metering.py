@@ -67,22 +67,28 @@ class Meter:
                 found.append(text)
         self.running_completion += added
 
-    def record_run(self, run: Sequence[tuple[int, str]], reserved: int) -> int:
-        """Record the (choice index, text) pieces that open ``run`` (one per event, perhaps
-        empty) as far as ``reserved`` surely pays for them; return how many.
-
-        Usually all of them, at once: by their :meth:`peek_bound`, or, near the reservation,
-        by the exact count of everything generated so far with the run (the running count
-        becomes exact). If even that does not fit, as far as their bounds fit, as :meth:`fits`
-        and :meth:`record` one by one would: the relay takes the rest event by event."""
+    def record_all(self, run: Sequence[tuple[int, str]], reserved: int) -> bool:
+        """Record all the (choice index, text) pieces of ``run`` (one per event, perhaps
+        empty) if ``reserved`` surely pays for them, else nothing: by their
+        :meth:`peek_bound`, or, near the reservation, by the exact count of everything
+        generated so far with the run (the running count becomes exact)."""
         texts = tuple(piece for piece in run if piece[1])
         bound = self.peek_bound(texts) if texts else 0
         if not texts or self.fits(bound, reserved):
             self.record(texts, bound)
-            return len(run)
+            return True
         added = self._exact_with(texts) - self.running_completion
         if self.fits(added, reserved):
             self.record(texts, added)
+            return True
+        return False
+
+    def record_run(self, run: Sequence[tuple[int, str]], reserved: int) -> int:
+        """Record the pieces that open ``run`` as far as ``reserved`` surely pays for them;
+        return how many. Usually all of them, at once (:meth:`record_all`); else, from the
+        exact count so far, as far as their bounds fit, as :meth:`fits` and :meth:`record`
+        one by one would: the relay takes the rest event by event."""
+        if self.record_all(run, reserved):
             return len(run)
         self.recount()
         count = total = 0  # at the reservation: piece by piece

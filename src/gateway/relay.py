@@ -20,6 +20,7 @@ import msgspec
 import structlog
 
 from gateway.config import Config
+from gateway.deltas import DeltaRun
 from gateway.dialects import Action, Dialect, Texts
 from gateway.endpoints import Endpoint
 from gateway.errors import (
@@ -481,7 +482,7 @@ class Relay:
         chunks = response.chunks()
         first: list[Event] = []
         async for chunk in chunks:
-            first = _feed(parser, chunk)
+            first = _feed(dialect, parser, chunk)
             if first:
                 break
         else:
@@ -517,9 +518,16 @@ class Relay:
         ended = False
         plain = True  # the last event read was a plain delta: the next read may open with some
         try:
-            async for events in _reads(first, parser, chunks):
+            async for events in _reads(first, dialect, parser, chunks):
                 run = dialect.read_plain_run(events) if plain else []
-                done = meter.record_run(run, settlement.reserved)
+                if _folded(events, len(run)) or not meter.record_all(run, settlement.reserved):
+                    # near the reservation, or past a read's plain deltas: event by event
+                    if _folded(events, 0):
+                        events = _unfolded(events)
+                        run = dialect.read_plain_run(events) if plain else []
+                    done = meter.record_run(run, settlement.reserved)
+                else:
+                    done = len(run)
                 out = [event.raw for event in events[:done]]
                 for i in range(done, len(events)):
                     event = events[i]
@@ -610,13 +618,13 @@ class Relay:
 
 
 async def _reads(
-    first: list[Event], parser: SSEParser, chunks: AsyncIterator[bytes]
+    first: list[Event], dialect: Dialect, parser: SSEParser, chunks: AsyncIterator[bytes]
 ) -> AsyncIterator[list[Event]]:
     """The events each upstream read completes (reads that complete none are skipped)."""
     if first:
         yield first
     async for chunk in chunks:
-        events = _feed(parser, chunk)
+        events = _feed(dialect, parser, chunk)
         if events:
             yield events
     rest = parser.flush()
@@ -624,8 +632,24 @@ async def _reads(
         yield rest
 
 
-def _feed(parser: SSEParser, chunk: bytes) -> list[Event]:
+def _feed(dialect: Dialect, parser: SSEParser, chunk: bytes) -> list[Event]:
     try:
-        return parser.feed(chunk)
+        return dialect.split(parser, chunk)
     except EventTooLarge as exc:
         raise UpstreamError(f"the backend sent an event over {exc.limit} bytes") from exc
+
+
+def _folded(events: list[Event], start: int) -> bool:
+    """Whether a run of deltas read as one (:class:`DeltaRun`) is among ``events[start:]``."""
+    return any(type(events[i]) is DeltaRun for i in range(start, len(events)))
+
+
+def _unfolded(events: list[Event]) -> list[Event]:
+    """``events`` with each run of deltas read as one back as its events."""
+    out: list[Event] = []
+    for event in events:
+        if type(event) is DeltaRun:
+            out += event.unfold()
+        else:
+            out.append(event)
+    return out

@@ -89,6 +89,12 @@ class SSEParser:
         self._event = None
         self._started = False
 
+    @property
+    def idle(self) -> bool:
+        """Between events: every byte fed so far is in an event returned (a leading BOM
+        aside), so the next read starts a new event (or the stream, BOM and all)."""
+        return not self._buf
+
     def feed(self, chunk: bytes) -> list[Event]:
         """Add one read; return the events it completes, in order."""
         if not self._started:
