@@ -43,7 +43,7 @@ from gateway.tasks import TaskGroup
 from gateway.tokens import TokenCounter
 from gateway.upstream import Backend, UpstreamResponse, forwardable_request_headers
 
-__all__ = ["Answer", "Relay", "StreamAnswer"]
+__all__ = ["Answer", "LastChunk", "Relay", "StreamAnswer"]
 
 log = structlog.get_logger("gateway.relay")
 
@@ -61,9 +61,17 @@ class Answer:
     headers: dict[str, str]
 
 
+class LastChunk(bytes):
+    """The last chunk of a stream's body, known to be the last when it is yielded: the
+    server sends it with the body's end (one write, not two)."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class StreamAnswer:
-    """A stream to send; ``body`` settles the request however it ends."""
+    """A stream to send; ``body`` settles the request however it ends, and may end with a
+    :class:`LastChunk`."""
 
     headers: dict[str, str]
     body: AsyncGenerator[bytes, None]
@@ -596,14 +604,14 @@ class Relay:
             response.close()
             await settlement.settle(status, error=error.code if error else None)
         if settlement.failed is not None:
-            yield dialect.stream_error(settlement.failed)
+            yield LastChunk(dialect.stream_error(settlement.failed))
             return
         if error is not None:
-            yield dialect.stream_error(error)
+            yield LastChunk(dialect.stream_error(error))
             return
         tail = dialect.stream_tail(held, meter.usage())
         if tail:
-            yield b"".join(tail)
+            yield LastChunk(b"".join(tail))
 
     @staticmethod
     async def _afford_exactly(meter: Meter, texts: Texts, settlement: Settlement) -> bool:

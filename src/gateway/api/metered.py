@@ -18,7 +18,7 @@ from litestar.types import HTTPScope, Message, Receive, Send
 from gateway.api.common import ClientGone, parse_json_object, unless_client_leaves
 from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
-from gateway.relay import Answer, StreamAnswer
+from gateway.relay import Answer, LastChunk, StreamAnswer
 from gateway.services import Services
 from gateway.storage import UsageStatus
 
@@ -145,9 +145,12 @@ async def _send_stream(
             "type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, rid]
         }  # fmt: skip
         await send(start)
+        ended = False
         async for chunk in body:
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            ended = type(chunk) is LastChunk
+            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     try:
         await unless_client_leaves(receive, pump())  # watched from 20 ms in, like the rest
