@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from itertools import repeat
+from operator import itemgetter
 from typing import Final
 
 import msgspec
@@ -109,7 +110,8 @@ class DeltaTemplate:
         Done a read at a time: one ``split`` into the events' data, then each check as one
         ``map`` over all of them (no Python code per event), up to the first that fails."""
         prefix, suffix = self.prefix, self.suffix
-        datas = chunk[len(_DATA) :].split(_GAP)
+        datas = chunk.split(_GAP)
+        datas[0] = datas[0][len(_DATA) :]
         last = datas[-1]  # the read's last event: whole only with its blank line
         if last.endswith(b"\n\n"):
             datas[-1] = last[:-2]
@@ -125,9 +127,7 @@ class DeltaTemplate:
         if datas and min(sizes) < len(prefix) + len(suffix):  # prefix and suffix overlap
             count = next(i for i, size in enumerate(sizes) if size < len(prefix) + len(suffix))
             del datas[count:], sizes[count:]
-        texts = list(
-            map(bytes.removesuffix, map(bytes.removeprefix, datas, repeat(prefix)), repeat(suffix))
-        )
+        texts = list(map(itemgetter(slice(len(prefix), -len(suffix) or None)), datas))
         joined = b"".join(texts)
         escaped = _ESCAPED.search(joined)
         if escaped is not None:  # the run ends before the first text JSON escapes
