@@ -136,6 +136,22 @@ def test_a_run_stops_at_a_text_that_json_escapes_and_goes_on_after_it() -> None:
     ]
 
 
+def test_a_stream_read_one_event_at_a_time() -> None:
+    """The usual stream generated as it is read: after its first events, each read is one
+    template event, or (a text JSON escapes, a usage chunk) an event as it comes."""
+    texts = ["Hi", " there", "\n\n", " you", '"', " end"]
+    reads = [event(delta("", role=True)), *(event(delta(t)) for t in texts), event("[DONE]")]
+    _, folded = fold(reads)
+    kinds = [[type(e).__name__ for e in read] for read in folded[:-1]]
+    # role (learns), "Hi" (learns), then runs of one, the escaped texts as they come
+    assert kinds == [["Event"], ["Event"]] + [
+        ["Event"] if t in ("\n\n", '"') else ["DeltaRun"] for t in texts[1:]
+    ] + [["Event"]]
+    runs = [e for read in folded for e in read if isinstance(e, DeltaRun)]
+    assert [r.piece for r in runs] == [(0, " there"), (0, " you"), (0, " end")]
+    assert b"".join(e.raw for read in folded for e in read) == b"".join(reads)
+
+
 def test_a_stream_that_never_matches_stops_learning() -> None:
     """A per-event field that changes (OpenAI's obfuscation): no template ever matches; after
     its lessons the stream is parsed as it comes, at no extra cost."""
@@ -145,6 +161,7 @@ def test_a_stream_that_never_matches_stops_learning() -> None:
     for read in reads:
         assert not any(isinstance(e, DeltaRun) for e in folder.feed(parser, read))
     assert folder._lessons == 0
+    assert folder._known is None
 
 
 def test_a_run_unfolds_into_its_events() -> None:

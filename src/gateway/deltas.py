@@ -63,13 +63,14 @@ class DeltaRun(Event, frozen=True, gc=False):
 class DeltaTemplate:
     """The bytes around the text of a stream's usual delta event."""
 
-    __slots__ = ("head", "index", "prefix", "suffix")
+    __slots__ = ("head", "index", "prefix", "suffix", "tail")
 
     def __init__(self, prefix: bytes, suffix: bytes, index: int) -> None:
         self.prefix = prefix
         self.suffix = suffix
         self.index = index
         self.head = _DATA + prefix
+        self.tail = suffix + b"\n\n"
 
     @classmethod
     def learn(cls, event: Event) -> DeltaTemplate | None:
@@ -102,6 +103,25 @@ class DeltaTemplate:
         except (msgspec.DecodeError, RecursionError):
             return None
         return cls(prefix, suffix, index)
+
+    def one(self, chunk: bytes) -> DeltaRun | None:
+        """``chunk`` as one template event, if it is that and nothing else (the usual read of
+        a stream generated as it is read)."""
+        head, tail = self.head, self.tail
+        if (
+            len(chunk) < len(head) + len(tail)
+            or not chunk.startswith(head)
+            or not chunk.endswith(tail)
+        ):
+            return None
+        literal = chunk[len(head) : len(chunk) - len(tail)]
+        if _ESCAPED.search(literal) is not None:  # a newline too: more than one event
+            return None
+        try:
+            text = literal.decode()
+        except UnicodeDecodeError:
+            return None
+        return DeltaRun(chunk, None, None, (self.index, text), 1)
 
     def run(self, chunk: bytes) -> tuple[DeltaRun | None, int]:
         """The run of whole template events ``chunk`` opens with (it starts with
@@ -156,22 +176,27 @@ class DeltaFolder:
     """Reads one stream's events, folding runs of its usual text delta into
     :class:`DeltaRun` events (see the module's docstring)."""
 
-    __slots__ = ("_lessons", "_matched", "_template")
+    __slots__ = ("_known", "_lessons", "_template")
 
     def __init__(self) -> None:
-        self._template: DeltaTemplate | None = None
-        self._matched = False
+        self._template: DeltaTemplate | None = None  # the one learned last
+        self._known: DeltaTemplate | None = None  # the one that matched: kept for the stream
         self._lessons = LESSONS
 
     def feed(self, parser: SSEParser, chunk: bytes) -> list[Event]:
         """``parser.feed(chunk)``, with runs of template events folded."""
-        if not self._lessons and not self._matched:
+        known = self._known
+        if known is not None:
+            one = known.one(chunk) if parser.idle else None
+            if one is not None:
+                return [one]
+        elif not self._lessons:
             return parser.feed(chunk)
         events: list[Event] = []
         while chunk and parser.idle:
-            template = self._template
+            template = self._known or self._template
             if template is not None:
-                if self._matched:
+                if self._known is not None:
                     at = _event_at(chunk, template.head)
                     if at < 0:
                         break
@@ -182,11 +207,11 @@ class DeltaFolder:
                 if chunk.startswith(template.head):
                     run, end = template.run(chunk)
                     if run is not None:
-                        self._matched = True
+                        self._known = template
                         events.append(run)
                         chunk = chunk[end:]
                         continue
-            if not self._lessons and not self._matched:
+            if self._known is None and not self._lessons:
                 break
             # one event as it comes (a template event whose text JSON escapes), learning
             # from it while no template has matched yet
@@ -196,7 +221,7 @@ class DeltaFolder:
             first = parser.feed(chunk[:cut])
             events += first
             chunk = chunk[cut:]
-            if not self._matched and first:
+            if self._known is None and first:
                 self._lessons -= 1
                 self._template = DeltaTemplate.learn(first[-1])
         if chunk:
