@@ -27,13 +27,13 @@ def delta(text: str | None, *, role: bool = False, index: int = 0, **extra: Any)
     return {**HEAD, "choices": [choice], **extra}
 
 
-def event(payload: Any, *, compact: bool = True, ascii: bool = False) -> bytes:
+def event(payload: Any, *, compact: bool = True, escaped: bool = False) -> bytes:
     """A one-line event; ``compact``: JSON without spaces (as OpenAI and vLLM send it);
-    ``ascii``: non-ASCII text escaped (as Python's json does by default)."""
+    ``escaped``: non-ASCII text escaped (as Python's json does by default)."""
     if isinstance(payload, str):
         return f"data: {payload}\n\n".encode()
     separators = (",", ":") if compact else (", ", ": ")
-    text = json.dumps(payload, separators=separators, ensure_ascii=ascii)
+    text = json.dumps(payload, separators=separators, ensure_ascii=escaped)
     return b"data: " + text.encode() + b"\n\n"
 
 
@@ -205,11 +205,11 @@ PIECES = st.lists(
 ).map(lambda blocks: [piece for block in blocks for piece in block])
 
 
-def build(pieces: list[tuple[str, Any]], compact: bool, ascii: bool) -> bytes:
+def build(pieces: list[tuple[str, Any]], compact: bool, escaped: bool) -> bytes:
     out = [event(delta("", role=True), compact=compact)]  # as OpenAI starts a stream
     for kind, value in pieces:
         if kind == "delta":
-            out.append(event(delta(value), compact=compact, ascii=ascii))
+            out.append(event(delta(value), compact=compact, escaped=escaped))
         else:
             out.append(value)
     return b"".join(out)
@@ -222,11 +222,11 @@ def readings(dialect: OpenAIDialect, events: list[Event]) -> list[Any]:
 
 
 @settings(max_examples=400, deadline=None)
-@given(pieces=PIECES, compact=st.booleans(), ascii=st.booleans(), data=st.data())
+@given(pieces=PIECES, compact=st.booleans(), escaped=st.booleans(), data=st.data())
 def test_folded_reads_read_as_their_events_one_by_one(
-    pieces: list[tuple[str, Any]], compact: bool, ascii: bool, data: st.DataObject
+    pieces: list[tuple[str, Any]], compact: bool, escaped: bool, data: st.DataObject
 ) -> None:
-    stream = build(pieces, compact, ascii)
+    stream = build(pieces, compact, escaped)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=4))
     bounds = [0, *sorted(cuts), len(stream)]
     reads = [stream[a:b] for a, b in itertools.pairwise(bounds)]
