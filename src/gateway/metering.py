@@ -58,13 +58,7 @@ class Meter:
     def record(self, texts: Texts, added: int) -> None:
         """Record generated text that was passed on; ``added`` is what :meth:`peek` (or
         :meth:`peek_bound`) said."""
-        parts = self._texts
-        for index, text in texts:
-            found = parts.get(index)
-            if found is None:
-                parts[index] = [text]
-            else:
-                found.append(text)
+        _add_by_choice(self._texts, texts)
         self.running_completion += added
 
     def record_all(self, run: Sequence[tuple[int, str]], reserved: int) -> bool:
@@ -120,19 +114,9 @@ class Meter:
 
     def _exact_with(self, texts: Texts) -> int:
         """:meth:`counted_completion` as it would be with ``texts`` recorded."""
-        added: dict[int, list[str]] = {}
-        for index, text in texts:
-            found = added.get(index)
-            if found is None:
-                added[index] = [text]
-            else:
-                found.append(text)
-        parts = self._texts
-        count = self._counter.count_text
-        total = sum(count("".join(so_far)) for index, so_far in parts.items() if index not in added)
-        return total + sum(
-            count("".join(parts.get(index, ())) + "".join(new)) for index, new in added.items()
-        )
+        parts = {index: list(pieces) for index, pieces in self._texts.items()}
+        _add_by_choice(parts, texts)
+        return sum(self._counter.count_text("".join(pieces)) for pieces in parts.values())
 
     def counted_completion(self) -> int:
         """Completion tokens counted from the generated text, choice by choice."""
@@ -159,6 +143,16 @@ class Meter:
 
     def cost(self, usage: TokenUsage) -> int:
         return self.prices.cost(usage)
+
+
+def _add_by_choice(parts: dict[int, list[str]], texts: Texts) -> None:
+    """Append each (choice index, text) of ``texts`` to its choice's list in ``parts``."""
+    for index, text in texts:
+        found = parts.get(index)
+        if found is None:
+            parts[index] = [text]
+        else:
+            found.append(text)
 
 
 def _sane(value: int | None) -> int | None:
