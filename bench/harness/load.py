@@ -8,12 +8,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .bodies import chat_body, count_sse
-from .common import BENCH, LUA, PROJECT_PY, Unavailable
+from .common import BENCH, LUA, PROJECT_PY, Unavailable, log
 from .contenders import Target
 from .processes import http
-from .sampling import Sampler
+from .results import Row
+from .sampling import Sampler, settle
 
 
 @dataclass
@@ -64,6 +66,21 @@ def wrk(target: Target, *, stream: bool, connections: int, seconds: int) -> WrkR
         non_2xx=data["status"],
         billed=billed,
     )
+
+
+def measured(row: Row, target: Target, what: str, **load: Any) -> WrkRun | None:
+    """One measured wrk run (``load``: :func:`wrk`'s keywords) of a settled ``target``, added
+    to ``row``; None if it failed: logged, and the row's error if it has no run yet."""
+    settle(target.pid)
+    try:
+        run = wrk(target, **load)
+    except Unavailable as exc:
+        log(f"{what}: {exc}")
+        if not row.runs:
+            row.error = str(exc)
+        return None
+    row.runs.append(run)
+    return run
 
 
 def _billed_since(

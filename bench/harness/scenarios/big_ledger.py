@@ -14,9 +14,8 @@ import ledger
 
 from ..common import RUN, WORK, Unavailable, log
 from ..contenders import Gateway, Target
-from ..load import wrk
+from ..load import measured, wrk
 from ..results import Row, med
-from ..sampling import settle
 from ..session import Session
 from ..upstream import Upstream
 
@@ -55,15 +54,12 @@ def scenario5(session: Session, upstream: Upstream) -> None:
             for name, row, target in up:
                 if row.error:  # its first run failed: as in scenarios 1-3, no more of them
                     continue
-                settle(target.pid)
-                try:
-                    run = wrk(target, stream=False, connections=64, seconds=session.opts.seconds)
-                except Unavailable as exc:
-                    log(f"scenario5 {name} run {i + 1}: {exc}")
-                    if not row.runs:
-                        row.error = str(exc)
+                what = f"scenario5 {name} run {i + 1}"
+                run = measured(
+                    row, target, what, stream=False, connections=64, seconds=session.opts.seconds
+                )
+                if run is None:
                     continue
-                row.runs.append(run)
                 log(f"scenario5 {name} run {i + 1}: {run.rate:,.0f}/s")
         for name, row, target in up:
             if name == "full":

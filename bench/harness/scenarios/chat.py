@@ -9,7 +9,7 @@ import math
 
 from ..common import Unavailable, log
 from ..contenders import Target
-from ..load import wrk
+from ..load import measured, wrk
 from ..sampling import settle
 from ..session import Session
 from ..upstream import Upstream
@@ -48,17 +48,16 @@ def wrk_group(session: Session, upstream: Upstream, kind: str, plan: list[tuple[
                     run_seconds = seconds if connections == plan[0][1] else session.opts.seconds
                     if run_seconds != session.opts.seconds:
                         row.extra["seconds"] = run_seconds
-                    try:
-                        settle(target.pid)
-                        run = wrk(
-                            target, stream=stream, connections=connections, seconds=run_seconds
-                        )
-                    except Unavailable as exc:
-                        log(f"{name} unavailable for {scenario}: {exc}")
-                        if not row.runs:
-                            row.error = str(exc)
+                    run = measured(
+                        row,
+                        target,
+                        f"{name} unavailable for {scenario}",
+                        stream=stream,
+                        connections=connections,
+                        seconds=run_seconds,
+                    )
+                    if run is None:
                         continue
-                    row.runs.append(run)
                     log(
                         f"{scenario} {name} run {i + 1}: {run.rate:,.0f}/s "
                         f"p50 {run.p50_ms:.2f} ms p99 {run.p99_ms:.2f} ms "
