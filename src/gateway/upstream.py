@@ -169,6 +169,18 @@ class _AiohttpResponse(UpstreamResponse):
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"backend {self._backend!r} broke off its answer") from exc
 
+    async def read(self, limit: int) -> bytes:
+        response = self._response
+        length = response.content_length
+        if length is None or length > limit or "Content-Encoding" in response.headers:
+            return await super().read(limit)  # piece by piece, counting what it inflates to
+        try:  # as long as declared, within the limit: in one call
+            return await response.read()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamTimeout(f"backend {self._backend!r} timed out mid-answer") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(f"backend {self._backend!r} broke off its answer") from exc
+
     def close(self) -> None:
         self._response.close()
 
