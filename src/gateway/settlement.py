@@ -1,9 +1,10 @@
 """One request's money, from reservation to settlement, settled exactly once.
 
 Every path a request can end by (an answer, an upstream failure, a cut-off, a client that
-went away, a bug) calls :meth:`Settlement.settle`; the first call wins. The write runs in a
-task of its own and is shielded, so a cancelled request (a disconnected client) still settles.
-It also writes the request's one log event and its metrics.
+went away, a bug) calls :meth:`Settlement.settle`; the first call wins. The write is done
+within the call when the store can do it without awaiting (SQLite with the writer idle: no task,
+no turn of the loop), else in a task of its own, shielded, so that a cancelled request (a
+disconnected client) still settles. It also writes the request's one log event and metrics.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Settlement:
         self._started = time.perf_counter()
         self._route: Route | None = None
         self._meter: Meter | None = None
-        self._task: asyncio.Task[Usage | None] | None = None
+        self._settling = False
         #: Set when storage refused the settlement: the client must not get a clean end.
         self.failed: StorageUnavailable | None = None
         metrics.active += 1
@@ -80,7 +81,7 @@ class Settlement:
 
     @property
     def done(self) -> bool:
-        return self._task is not None
+        return self._settling
 
     def attach(self, route: Route, meter: Meter) -> None:
         """The route now being tried, and the meter measuring its answer."""
@@ -113,7 +114,7 @@ class Settlement:
     ) -> None:
         """Charge what was consumed (when ``charge`` and a meter measured an answer), release
         the rest, record the usage. Only the first call does anything."""
-        if self._task is not None:
+        if self._settling:
             return
         meter = self._meter if charge else None
         usage = meter.usage() if meter is not None else TokenUsage()
@@ -134,10 +135,22 @@ class Settlement:
             endpoint=self._endpoint,
             extra={"error": error} if error else {},
         )
-        self._task = self._tasks.spawn(
+        self._settling = True
+        written: Usage | None = None
+        try:
+            written = self._store.settle_now(self._reservation, record, cost)
+        except StorageUnavailable:
+            pass  # tried again below, as any refused write
+        except BaseException:
+            self._ended(record, cost, None)
+            raise
+        if written is not None:  # the usual case with one request in flight on SQLite
+            self._ended(record, cost, written)
+            return
+        task = self._tasks.spawn(
             self._write(record, cost), name=f"settle-{self._reservation.request_id}"
         )
-        await asyncio.shield(self._task)
+        await asyncio.shield(task)
 
     async def _write(self, record: Usage, cost: int) -> Usage | None:
         written: Usage | None = None
@@ -161,11 +174,16 @@ class Settlement:
                     else:
                         await asyncio.sleep(0.05 * (attempt + 1))
         finally:
-            self._metrics.active -= 1
-            # (key, what it held, what it was charged)
-            self._on_done(self._key.id, self._initial, written.cost if written else 0)
-        # The log line and metrics wait two loop turns: the request, woken by this task's
-        # end one turn from now, has sent its answer by then (they are off its latency).
+            self._ended(record, cost, written)
+        return written
+
+    def _ended(self, record: Usage, cost: int, written: Usage | None) -> None:
+        """The settlement's write is over, ``written`` or not."""
+        self._metrics.active -= 1
+        # (key, what it held, what it was charged)
+        self._on_done(self._key.id, self._initial, written.cost if written else 0)
+        # The log line and metrics wait two loop turns: the request has sent its answer by
+        # then (they are off its latency).
         loop = asyncio.get_running_loop()
         loop.call_soon(loop.call_soon, self._observe, written or record, cost)
         if written is None and self.failed is not None:
@@ -175,7 +193,6 @@ class Settlement:
                 )
                 cost = 0
             self._tasks.spawn(self._retry(record, cost), name=f"settle-retry-{record.request_id}")
-        return written
 
     async def _retry(self, record: Usage, cost: int) -> None:
         """Storage refused the settlement: keep it, and write it once storage is back, so that

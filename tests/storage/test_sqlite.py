@@ -560,6 +560,36 @@ async def test_a_waited_for_write_runs_on_the_loop_only_when_that_is_safe(db_pat
             await store.close()
 
 
+async def test_settle_now_settles_within_the_call_or_does_nothing(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """With the writer idle the settlement is committed before the call returns (no await);
+    when a write may not run on the loop (``inline_when``, as with other requests in flight)
+    it returns None and writes nothing, and ``settle`` does it all the same."""
+    wallet = await store.create_wallet("w", 1_000)
+
+    async def reserve(request_id: str) -> Reservation:
+        reservation = await store.reserve(
+            wallet_id=wallet.id, key_id=None, request_id=request_id,
+            minimum=1, maximum=300, lease_s=60,
+        )  # fmt: skip
+        assert reservation is not None
+        return reservation
+
+    first = await reserve("q1")
+    written = store.settle_now(first, _usage("q1", wallet.id), 120)
+    assert written is not None
+    assert (written.cost, written.shortfall) == (120, 0)
+    assert _books(db_path, wallet.id) == (880, 0, 0, 880)  # on disk, read by another connection
+
+    second = await reserve("q2")
+    store.inline_when = lambda: False
+    assert store.settle_now(second, _usage("q2", wallet.id), 50) is None
+    assert [u.request_id for u in await store.list_usage(wallet_id=wallet.id)] == ["q1"]
+    assert (await store.settle(second, _usage("q2", wallet.id), 50)).cost == 50
+    assert _books(db_path, wallet.id) == (830, 0, 0, 830)
+
+
 async def test_the_page_cache_is_sized_for_a_big_ledger(store: SQLiteStore) -> None:
     size = await call_in_worker(
         store._open().db, lambda conn: conn.execute("PRAGMA cache_size").fetchone()[0]

@@ -212,6 +212,11 @@ class Store(abc.ABC):
         Returns the usage record as written. Settling an unknown (already released)
         reservation records the usage without charging."""
 
+    def settle_now(self, reservation: Reservation, usage: Usage, cost: int) -> Usage | None:
+        """:meth:`settle`, done within this call if the engine can (without awaiting), else
+        None and nothing done: then call :meth:`settle`. Raises as :meth:`settle` does."""
+        return None
+
     @abc.abstractmethod
     async def release_expired(self, now: float, *, all_: bool = False) -> int:
         """Release reservations whose lease ended before ``now`` (every one with ``all_``),

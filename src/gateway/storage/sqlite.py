@@ -492,6 +492,27 @@ class SQLiteStore(Store):
         return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
 
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
+        written: Usage = await self._write(self._settlement(reservation, usage, cost))
+        self._rowless.pop(reservation.id, None)  # settled: nothing left to write
+        return written
+
+    def settle_now(self, reservation: Reservation, usage: Usage, cost: int) -> Usage | None:
+        """Settled on the loop, in this call, when a write can run there now (see
+        :mod:`~gateway.storage.sqlite_writer`): no task, no hop, no turn of the loop."""
+        writer = self._open()
+        if not writer.may_write_now():  # (not building the transaction for nothing)
+            return None
+        op = writer.write_now(self._settlement(reservation, usage, cost))
+        if op is None:
+            return None
+        written: Usage = writer.outcome(op)
+        self._rowless.pop(reservation.id, None)
+        return written
+
+    def _settlement(
+        self, reservation: Reservation, usage: Usage, cost: int
+    ) -> Callable[[sqlite3.Connection], Usage]:
+        """The transaction that settles ``reservation``."""
         check_settle(reservation, usage, cost)
         params = _usage_params(usage)
         self._stop_row_timer(reservation)
@@ -551,9 +572,7 @@ class SQLiteStore(Store):
                 raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
             return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
 
-        written = await self._write(tx)
-        self._rowless.pop(reservation.id, None)  # settled: nothing left to write
-        return written
+        return tx
 
     async def release_expired(self, now: float, *, all_: bool = False) -> int:
         for _, reservation in list(self._rowless.values()):

@@ -114,28 +114,47 @@ class Writer:
         cancelled meanwhile.
         """
         op = Op(fn, lost)
-        inline = self._inline_ok and self._inline_when() and self._inline(op)
-        batch = None if inline else self.submit(op)
+        if self.may_write_now() and self._inline(op):
+            return cast(T, self.outcome(op))
+        batch = self.submit(op)
+        assert batch.task is not None
+        try:
+            await asyncio.shield(batch.task)
+        except asyncio.CancelledError:
+            raise  # the batch runs all the same, this write with it
+        except BaseException as exc:
+            if not op.done:  # the batch never ran (the connection closed first)
+                op.done, op.error = True, exc
+        return cast(T, self.outcome(op))
+
+    def may_write_now(self) -> bool:
+        """Whether a write may run on the loop (then :meth:`write_now` tries)."""
+        return self._inline_ok and self._inline_when()
+
+    def write_now(self, fn: Callable[[sqlite3.Connection], T]) -> Op | None:
+        """Run ``fn`` as one transaction on the loop, now, if :meth:`write` would (the worker
+        is idle, the write lock free): its finished op, for :meth:`outcome`. None: it did not
+        run; :meth:`write` it."""
+        op = Op(fn)
+        if self.may_write_now() and self._inline(op):
+            return op
+        return None
+
+    def outcome(self, op: Op) -> Any:
+        """A finished write's result, or its error raised (``StorageUnavailable`` for the
+        database's own errors)."""
+        if not op.done:
+            raise RuntimeError("a queued storage write did not run")
+        error = op.error
+        if error is None:
+            self.unwritable = False
+            return op.result
         try:
             with storage_errors("storage unavailable"):
-                try:
-                    if batch is not None:
-                        assert batch.task is not None
-                        await asyncio.shield(batch.task)
-                except asyncio.CancelledError:
-                    raise  # the batch runs all the same, this write with it
-                except BaseException as exc:
-                    if not op.done:  # the batch never ran (the connection closed first)
-                        op.done, op.error = True, exc
-                if not op.done:
-                    raise RuntimeError("a queued storage write did not run")
-                if op.error is not None:
-                    raise op.error
+                raise error
         except StorageUnavailable:
             self.unwritable = True
             raise
-        self.unwritable = False
-        return cast(T, op.result)
 
     def submit(self, op: Op) -> _Batch:
         """Add ``op`` to the open batch, or open one and send it to the worker."""
