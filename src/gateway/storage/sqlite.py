@@ -532,7 +532,7 @@ class SQLiteStore(Store):
                     held = [(0, reservation.wallet_id)]
             if not held:  # released by recovery: record what happened, charge nothing
                 written = dataclasses.replace(usage, cost=0, shortfall=cost)
-                if conn.execute(UPSERT_USAGE, _usage_params(written)).fetchall():
+                if conn.execute(UPSERT_USAGE, _usage_params(written)).rowcount:
                     return written
                 # settled before: settling is idempotent
                 return _usage(
@@ -568,7 +568,7 @@ class SQLiteStore(Store):
                         "UPDATE keys SET spent = spent + ? WHERE id = ?", (charge, usage.key_id)
                     )
             params[10], params[11] = charge, cost - charge
-            if not conn.execute(UPSERT_USAGE, params).fetchall():
+            if not conn.execute(UPSERT_USAGE, params).rowcount:
                 raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
             return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
 
