@@ -188,9 +188,9 @@ def resolve_encoding(tokenizer: str | None, upstream_model: str, model: str) -> 
     )
 
 
-#: Texts this long or longer have their counts cached: conversations resend their system prompt
-#: and history with every turn, so the same long strings are counted again and again.
-_CACHE_FROM_CHARS = 64
+#: Counts are cached: conversations resend their system prompt and history with every turn, and
+#: every message its role, so the same strings are counted again and again (a role's count from
+#: the cache cost ~1.6% of a chat request's instructions less than from tiktoken).
 _CACHE_ENTRIES = 16_384
 
 
@@ -212,12 +212,10 @@ class TokenCounter:
     decoded JSON and never raises; shapes that OpenAI would reject count 0.
     """
 
-    __slots__ = ("_cached", "_encode", "encoding_name")
+    __slots__ = ("_cached", "encoding_name")
 
     def __init__(self, encoding_name: str) -> None:
-        encoding = get_encoding(encoding_name)
         self.encoding_name: Final = encoding_name
-        self._encode = encoding.encode_ordinary
         self._cached = _counts_for(encoding_name)
 
     def __repr__(self) -> str:
@@ -227,8 +225,6 @@ class TokenCounter:
         """Tokens in ``text``; special-token text such as ``<|endoftext|>`` counts as ordinary."""
         if not text:
             return 0
-        if len(text) < _CACHE_FROM_CHARS:
-            return len(self._encode(text))
         return self._cached(text)
 
     def count_chat_prompt(self, messages: Sequence[object], tools: object = None) -> int:
