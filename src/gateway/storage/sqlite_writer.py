@@ -113,9 +113,10 @@ class Writer:
         many writes it holds. A write that joined a batch runs, whole, even if its caller is
         cancelled meanwhile.
         """
+        done = self.write_now(fn, lost)
+        if done is not None:
+            return cast(T, self.outcome(done))
         op = Op(fn, lost)
-        if self.may_write_now() and self._inline(op):
-            return cast(T, self.outcome(op))
         batch = self.submit(op)
         assert batch.task is not None
         try:
@@ -131,11 +132,13 @@ class Writer:
         """Whether a write may run on the loop (then :meth:`write_now` tries)."""
         return self._inline_ok and self._inline_when()
 
-    def write_now(self, fn: Callable[[sqlite3.Connection], T]) -> Op | None:
-        """Run ``fn`` as one transaction on the loop, now, if :meth:`write` would (the worker
-        is idle, the write lock free): its finished op, for :meth:`outcome`. None: it did not
-        run; :meth:`write` it."""
-        op = Op(fn)
+    def write_now(
+        self, fn: Callable[[sqlite3.Connection], T], lost: Lost | None = None
+    ) -> Op | None:
+        """Run ``fn`` as one transaction on the loop, now, if a write may run there (the
+        worker idle, the write lock free): its finished op, for :meth:`outcome`. None: it did
+        not run; :meth:`write` it."""
+        op = Op(fn, lost)
         if self.may_write_now() and self._inline(op):
             return op
         return None
