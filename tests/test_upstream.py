@@ -51,6 +51,13 @@ async def _short(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _cookies(request: web.Request) -> web.Response:
+    """Sets a cookie, and answers with the cookies the request carried."""
+    response = web.json_response({"cookie": request.headers.get("Cookie")})
+    response.set_cookie("session", "app-one", path="/")
+    return response
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[HttpBackend]:
     app = web.Application()
@@ -59,6 +66,7 @@ async def backend() -> AsyncIterator[HttpBackend]:
         ("gzipped", _gzipped),
         ("chunked", _chunked),
         ("short", _short),
+        ("cookies", _cookies),
     ):
         app.router.add_post(f"/v1/{name}", handler)
     runner = web.AppRunner(app)
@@ -114,3 +122,18 @@ async def test_the_session_decompresses(backend: HttpBackend) -> None:
         assert inner.content_length < len(BODY)
     finally:
         response.close()
+
+
+async def test_a_cookie_an_upstream_set_is_not_sent_back(backend: HttpBackend) -> None:
+    """One app's answer may set a cookie; the next request, maybe another app's, must not
+    carry it. (By a host name: aiohttp's own jar ignores cookies of IP addresses.)"""
+    port = backend.config.base_url.rsplit(":", 1)[1].split("/")[0]
+    session = open_session()
+    try:
+        named = HttpBackend(
+            BackendConfig(name="named", base_url=f"http://localhost:{port}/v1"), session
+        )
+        for _ in range(2):
+            assert await _read(named, "/cookies", 1000) == b'{"cookie": null}'
+    finally:
+        await session.close()

@@ -17,6 +17,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
+import yarl
 
 from gateway.config import BackendConfig
 from gateway.errors import UpstreamError, UpstreamTimeout
@@ -138,10 +139,12 @@ class Backend(abc.ABC):
 
 def open_session() -> aiohttp.ClientSession:
     """The process's one upstream client session: pooled keep-alive connections, no limit
-    on concurrency (the gateway's own admission decides), DNS cached."""
+    on concurrency (the gateway's own admission decides), DNS cached, and no cookies: a cookie
+    one app's request brought back must not ride on another app's requests."""
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
     return aiohttp.ClientSession(
         connector=connector,
+        cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
         timeout=aiohttp.ClientTimeout(total=None),
@@ -195,6 +198,7 @@ class HttpBackend(Backend):
         super().__init__(config)
         self._session = session
         self._base = config.base_url.rstrip("/")
+        self._urls: dict[str, yarl.URL] = {}  # path -> parsed once (a dialect has a few)
         self._timeout = aiohttp.ClientTimeout(
             total=config.timeout_s, sock_connect=config.connect_timeout_s
         )
@@ -209,10 +213,11 @@ class HttpBackend(Backend):
         if stream:
             out["Accept"] = "text/event-stream"
             out["Accept-Encoding"] = "identity"
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = yarl.URL(self._base + path)
         try:
-            response = await self._session.post(
-                self._base + path, data=body, headers=out, timeout=self._timeout
-            )
+            response = await self._session.post(url, data=body, headers=out, timeout=self._timeout)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"backend {self.name!r} timed out") from exc
         except aiohttp.ClientError as exc:
