@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import json
 import re
 import sys
@@ -65,3 +67,58 @@ def test_console_output_goes_through_structlog(stderr: Callable[[], str]) -> Non
     assert "request_completed" in text
     assert "req_1" in text
     assert not text.startswith("{")
+
+
+class _Stream:
+    """A binary stream that records each write."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self.writes.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_lines_on_the_loop_wait_to_share_one_write() -> None:
+    out = _Stream()
+    buffer = LineBuffer(out)  # type: ignore[arg-type]
+    for n in range(3):
+        buffer.add(b"%d\n" % n)
+        await asyncio.sleep(0)  # other turns of the loop: the lines still wait
+    assert out.writes == []
+    await asyncio.sleep(logs.HOLD_S * 2)
+    assert out.writes == [b"0\n1\n2\n"]
+    buffer.add(b"3\n")
+    await asyncio.sleep(logs.HOLD_S * 2)
+    assert out.writes == [b"0\n1\n2\n", b"3\n"]
+
+
+async def test_a_full_buffer_is_written_at_once() -> None:
+    out = _Stream()
+    buffer = LineBuffer(out)  # type: ignore[arg-type]
+    lines = [b"%d\n" % n for n in range(logs.MAX_HELD)]
+    for line in lines:
+        buffer.add(line)
+    assert out.writes == [b"".join(lines)]
+    buffer.add(b"next\n")
+    await asyncio.sleep(logs.HOLD_S * 2)
+    assert out.writes == [b"".join(lines), b"next\n"]
+
+
+def test_off_the_loop_a_line_is_written_at_once() -> None:
+    out = _Stream()
+    LineBuffer(out).add(b"now\n")  # type: ignore[arg-type]
+    assert out.writes == [b"now\n"]
+
+
+def test_the_timestamp_is_iso_8601_utc_to_the_microsecond() -> None:
+    before = datetime.datetime.now(datetime.UTC)
+    stamp = logs._timestamp(None, "info", {})["timestamp"]
+    after = datetime.datetime.now(datetime.UTC)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", stamp)
+    parsed = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    assert before - datetime.timedelta(microseconds=1) <= parsed <= after

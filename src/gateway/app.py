@@ -20,6 +20,7 @@ from gateway.api.ops import ops_handlers
 from gateway.config import Config
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.ids import unique_id
+from gateway.logs import write_held_lines
 from gateway.services import Services
 
 __all__ = ["create_app"]
@@ -102,21 +103,24 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: Litestar) -> AsyncIterator[None]:
-        await services.start()
-        if own_process:
-            _freeze_startup_heap()
-        log.info(
-            "gateway_started",
-            storage=config.storage.url.split("://", 1)[0],
-            backends=[b.name for b in config.backends],
-            models=services.router.models,
-            admin_api="open" if services.admin_token else "closed",
-        )
         try:
-            yield
+            await services.start()
+            if own_process:
+                _freeze_startup_heap()
+            log.info(
+                "gateway_started",
+                storage=config.storage.url.split("://", 1)[0],
+                backends=[b.name for b in config.backends],
+                models=services.router.models,
+                admin_api="open" if services.admin_token else "closed",
+            )
+            try:
+                yield
+            finally:
+                await services.stop()
+                log.info("gateway_stopped")
         finally:
-            await services.stop()
-            log.info("gateway_stopped")
+            write_held_lines()  # a worker process of --workers N ends without atexit
 
     app = Litestar(
         route_handlers=[

@@ -2,9 +2,10 @@
 Secrets never reach a log: keys are logged by id, never by value.
 
 Every request logs one line; under load a ``write`` per line cost about 3% of the process. The
-lines logged during one turn of the event loop go out together, in one write at the start of
-the next turn (:class:`LineBuffer`); outside a running loop, and at exit, a line is written at
-once.
+lines logged on the event loop wait up to 20 ms and go out together, in one write
+(:class:`LineBuffer`): under load that is a write per few hundred lines, and with one request
+at a time no request pays a write of its own; outside a running loop, and at exit, a line is
+written at once.
 
 That line (:func:`info_event`) skips structlog's chain when the chain would only add the level
 and the time: the same JSON object, at a third of the cost (5 µs a line against 15 µs, on the
@@ -15,17 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import datetime
 import logging
 import sys
 import threading
+import time
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO, ClassVar, cast
 
 import msgspec
 import structlog
 
-__all__ = ["configure_logging", "info_event"]
+__all__ = ["configure_logging", "info_event", "write_held_lines"]
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -83,10 +84,27 @@ def info_event(logger: Any, event: str, fields: dict[str, Any]) -> None:
     out.add(_encode.encode(fields) + b"\n")
 
 
+def write_held_lines() -> None:
+    """Write out every line still held, now: at shutdown (a worker process of ``--workers N``
+    ends without running ``atexit``)."""
+    for buffer in list(LineBuffer._instances.values()):
+        buffer.drain()
+
+
 def _timestamp(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
-    """structlog's ``TimeStamper(fmt="iso", utc=True)``: ISO 8601 in UTC, ``Z`` for +00:00."""
-    event["timestamp"] = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+    """ISO 8601 in UTC to the microsecond, ``Z`` for +00:00 (structlog's ``TimeStamper(fmt=
+    "iso", utc=True)`` less its work: the date and time of day are formatted once a second)."""
+    global _second, _second_text
+    now = time.time_ns()
+    second, fraction = divmod(now, 1_000_000_000)
+    if second != _second:
+        _second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second = second
+    event["timestamp"] = f"{_second_text}.{fraction // 1000:06d}Z"
     return event
+
+
+_second, _second_text = -1, ""
 
 
 _encode = msgspec.json.Encoder(enc_hook=repr)
@@ -96,9 +114,15 @@ def _json_line(event: dict[str, Any], **_: Any) -> bytes:
     return _encode.encode(event)
 
 
+#: How long a line logged on the event loop may wait for others to share its write.
+HOLD_S = 0.02
+#: Lines held at most: the line that makes them this many writes them all out at once.
+MAX_HELD = 1024
+
+
 class LineBuffer:
-    """A binary stream's stand-in that holds what is written until the event loop's next turn
-    (structlog's ``BytesLogger`` writes, then flushes, each line)."""
+    """A binary stream's stand-in that holds what is written for up to :data:`HOLD_S` on the
+    event loop (structlog's ``BytesLogger`` writes, then flushes, each line)."""
 
     _instances: ClassVar[dict[int, LineBuffer]] = {}
 
@@ -134,10 +158,13 @@ class LineBuffer:
             self.drain()
             return
         with self._lock:
-            if self._scheduled:
+            if self._scheduled and len(self._lines) < MAX_HELD:
                 return
-            self._scheduled = True
-        loop.call_soon(self.drain)
+            full, self._scheduled = self._scheduled, True  # scheduled and still held: full
+        if full:
+            self.drain()  # the timer already set finds less, or nothing
+        else:
+            loop.call_later(HOLD_S, self.drain)
 
     def drain(self) -> None:
         with self._lock:
