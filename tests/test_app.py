@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,3 +75,36 @@ def test_the_server_checkpoints_its_sqlite_wal_in_the_background(tmp_path: Path)
         while db.stat().st_size <= 4096:  # the header page alone: the schema is in the WAL
             assert time.monotonic() < deadline, "no checkpoint in 10 s"
             time.sleep(0.1)
+
+
+def test_the_routes_encodings_are_loaded_at_start(tmp_path: Path) -> None:
+    """Not by the first request that needs one, on the event loop, with every request in
+    flight waiting for it. (A fresh process: this one's encodings are loaded already.)"""
+    config = _config(tmp_path) + (
+        '\n[[routes]]\nmodel = "legacy"\nbackend = "demo"\ntokenizer = "cl100k_base"\n'
+        'input_price = "1"\noutput_price = "1"\n'
+    )
+    (tmp_path / "gateway.toml").write_text(config)
+    script = f"""
+import asyncio
+from gateway import tokens
+from gateway.config import load_config
+from gateway.services import Services
+
+async def main():
+    services = Services(load_config({str(tmp_path / "gateway.toml")!r}))
+    loaded_before = tokens._build_encoding.cache_info().currsize
+    await services.start()
+    try:
+        print(loaded_before, sorted(services.relay._counters), tokens._build_encoding.cache_info())
+    finally:
+        await services.stop()
+
+asyncio.run(main())
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    before, rest = out.split(" ", 1)
+    assert before == "0"
+    assert rest.startswith("['cl100k_base', 'o200k_base'] CacheInfo(hits=0, misses=2,"), out

@@ -171,6 +171,14 @@ class Relay:
             counter = self._counters[encoding] = TokenCounter(encoding)
         return counter
 
+    def load_tokenizers(self) -> None:
+        """Load every route's encoding now, at start: the first request to need one would
+        load it on the event loop (0.15-0.3 s each here, longer under load), and every
+        request in flight would wait with it."""
+        router = self._router
+        for encoding in sorted({r.encoding for m in router.models for r in router.routes(m)}):
+            self.counter(encoding)
+
     async def _fresh_spent(self, key: ApiKey) -> int:
         """A key's spend: storage's figure, read fresh (the key cache may be a second old),
         unless this process has since settled more than that read can have seen."""

@@ -95,6 +95,7 @@ class Services:
             metrics=self.metrics,
             tasks=self.tasks,
         )
+        await asyncio.to_thread(self.relay.load_tokenizers)
         self._sweeper = self.tasks.spawn(self._sweep(), name="reservation-sweeper")
 
     def _check_lease(self) -> None:
