@@ -3,8 +3,11 @@
 Every path a request can end by (an answer, an upstream failure, a cut-off, a client that
 went away, a bug) calls :meth:`Settlement.settle`; the first call wins. The write is done
 within the call when the store can do it without awaiting (SQLite with the writer idle: no task,
-no turn of the loop), else in a task of its own, shielded, so that a cancelled request (a
-disconnected client) still settles. It also writes the request's one log event and metrics.
+no turn of the loop), else awaited by the request's own task. Settling is idempotent, which
+makes that safe: if the request's task is cancelled while it waits (the gateway shutting down),
+a task of the gateway's settles again, finding the write already sent or making it. Writes
+storage refused are tried again in a task of their own. It also writes the request's one log
+event and metrics.
 """
 
 from __future__ import annotations
@@ -137,25 +140,49 @@ class Settlement:
         )
         self._settling = True
         written: Usage | None = None
+        tried = 0
         try:
             written = self._store.settle_now(self._reservation, record, cost)
+            if written is None:  # it could not be written within the call: awaited
+                tried = 1
+                written = await self._store.settle(self._reservation, record, cost)
         except StorageUnavailable:
             pass  # tried again below, as any refused write
+        except asyncio.CancelledError:
+            # The request's task is cancelled (the gateway shuts down) while the write it sent
+            # runs on: a task of the gateway's waits for it and settles again, which is
+            # idempotent (it finds the first write's record, or makes it if that one failed).
+            self._tasks.spawn(self._settle_again(record, cost), name=self._task_name)
+            raise
         except BaseException:
             self._ended(record, cost, None)
             raise
-        if written is not None:  # the usual case with one request in flight on SQLite
+        if written is not None:
             self._ended(record, cost, written)
             return
-        task = self._tasks.spawn(
-            self._write(record, cost), name=f"settle-{self._reservation.request_id}"
+        # Storage refused it: tried again, and waited for, in a task that the request's
+        # cancellation cannot stop.
+        await asyncio.shield(
+            self._tasks.spawn(self._write(record, cost, tried), name=self._task_name)
         )
-        await asyncio.shield(task)
 
-    async def _write(self, record: Usage, cost: int) -> Usage | None:
+    @property
+    def _task_name(self) -> str:
+        return f"settle-{self._reservation.request_id}"
+
+    async def _settle_again(self, record: Usage, cost: int) -> None:
+        try:
+            await self._store.writes_sent()
+        finally:
+            await self._write(record, cost, 0)
+
+    async def _write(self, record: Usage, cost: int, tried: int) -> Usage | None:
+        """The settlement's write, ``tried`` times already: up to three times in all."""
         written: Usage | None = None
         try:
-            for attempt in range(3):
+            for attempt in range(tried, 3):
+                if attempt:
+                    await asyncio.sleep(0.05 * attempt)
                 try:
                     written = await self._store.settle(self._reservation, record, cost)
                     break
@@ -171,8 +198,6 @@ class Settlement:
                             cost_micro=cost,
                             error=exc.message,
                         )
-                    else:
-                        await asyncio.sleep(0.05 * (attempt + 1))
         finally:
             self._ended(record, cost, written)
         return written

@@ -217,6 +217,13 @@ class Store(abc.ABC):
         None and nothing done: then call :meth:`settle`. Raises as :meth:`settle` does."""
         return None
 
+    async def writes_sent(self) -> None:
+        """Return once every write sent so far has ended, including those whose callers were
+        cancelled while they waited: settling such a reservation again then finds it settled,
+        or not at all. Engines whose writes end with their call's cancellation need not wait
+        (PostgreSQL's statements are atomic, and row locks order a repeated settlement)."""
+        return None
+
     @abc.abstractmethod
     async def release_expired(self, now: float, *, all_: bool = False) -> int:
         """Release reservations whose lease ended before ``now`` (every one with ``all_``),

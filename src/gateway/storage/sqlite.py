@@ -496,6 +496,9 @@ class SQLiteStore(Store):
         self._rowless.pop(reservation.id, None)  # settled: nothing left to write
         return written
 
+    async def writes_sent(self) -> None:
+        await self._open().sent()
+
     def settle_now(self, reservation: Reservation, usage: Usage, cost: int) -> Usage | None:
         """Settled on the loop, in this call, when a write can run there now (see
         :mod:`~gateway.storage.sqlite_writer`): no task, no hop, no turn of the loop."""

@@ -79,6 +79,7 @@ class Writer:
         #: closes it when it starts on it (both under ``_batch_lock``).
         self._open_batch: _Batch | None = None
         self._unrun = 0  # batches sent to the worker and not run yet (the open one included)
+        self._last_batch: _Batch | None = None  # the worker runs batches in the order sent
         self._batch_lock = threading.Lock()
         #: Held by whichever thread uses the connection: the worker, or the loop (inline).
         self._conn_lock = threading.Lock()
@@ -173,7 +174,15 @@ class Writer:
         if opened:
             batch.task = asyncio.ensure_future(call_in_worker(db, partial(self._drain, batch)))
             batch.task.add_done_callback(retrieve)  # written-behind ops have no awaiter
+            self._last_batch = batch
         return batch
+
+    async def sent(self) -> None:
+        """Return once every write submitted so far has run (or failed)."""
+        batch = self._last_batch
+        if batch is not None and batch.task is not None and not batch.task.done():
+            with contextlib.suppress(Exception):  # its writes' errors are their callers'
+                await asyncio.shield(batch.task)
 
     def _drain(self, batch: _Batch, conn: sqlite3.Connection) -> None:
         """In the worker: close ``batch`` to newcomers, then run it as one transaction (unless

@@ -1,0 +1,136 @@
+"""A settlement awaited by its request's own task (every engine's path under load) finishes
+even when that task is cancelled while it waits (the gateway shutting down): charged once,
+recorded once, released."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.config import BackendConfig
+from gateway.metering import Meter
+from gateway.metrics import Metrics
+from gateway.pricing import Prices
+from gateway.ratelimit import LocalLimiter
+from gateway.routing import Route
+from gateway.settlement import Settlement
+from gateway.storage.base import ApiKey, Store, UsageStatus
+from gateway.storage.sqlite import SQLiteStore
+from gateway.tasks import TaskGroup
+from gateway.tokens import TokenCounter
+
+PRICES = Prices(input=3_000_000, output=6_000_000, cached_input=1_500_000)  # 3 credits a 1M in
+ROUTE = Route(
+    model="m",
+    backend=BackendConfig(name="b", base_url="http://127.0.0.1:9/v1"),
+    upstream_model="m",
+    prices=PRICES,
+    encoding="o200k_base",
+    order=0,
+)
+PROMPT_TOKENS = 7
+
+
+def _under_load(store: Store) -> Store:
+    """On SQLite, writes go to the storage thread (as with many requests in flight)."""
+    if isinstance(store, SQLiteStore):
+        store.inline_when = lambda: False
+    return store
+
+
+async def _settlement(
+    store: Store, tasks: TaskGroup, metrics: Metrics, done: list[int]
+) -> Settlement:
+    wallet = await store.create_wallet("w", balance=100_000_000)
+    key = await store.create_key(
+        ApiKey(id="key_1", wallet_id=wallet.id, name="k", key_hash="h", prefix="p", created_at=0)
+    )
+    reservation = await store.reserve(
+        wallet_id=wallet.id,
+        key_id=key.id,
+        request_id="req_1",
+        minimum=1,
+        maximum=50_000_000,
+        lease_s=900,
+    )
+    assert reservation is not None
+    settlement = Settlement(
+        on_done=lambda _key, _held, charged: done.append(charged),
+        store=store,
+        tasks=tasks,
+        metrics=metrics,
+        limiter=LocalLimiter(),
+        reservation=reservation,
+        key=key,
+        model="m",
+        endpoint="chat.completions",
+        stream=False,
+        extend_step=256,
+    )
+    meter = Meter(
+        TokenCounter("o200k_base"), PRICES, prompt_tokens=PROMPT_TOKENS, completion_cap=None
+    )
+    settlement.attach(ROUTE, meter)
+    return settlement
+
+
+async def _books(store: Store, wallet_id: str) -> tuple[int, int, list[int], list[tuple[str, int]]]:
+    wallet = await store.get_wallet(wallet_id)
+    assert wallet is not None
+    entries = [e.amount for e in await store.ledger(wallet_id)]
+    usage = [(u.status, u.cost) for u in await store.list_usage(wallet_id=wallet_id)]
+    return wallet.balance, wallet.reserved, entries, usage
+
+
+async def test_a_settlement_awaited_by_its_request(store: Store) -> None:
+    tasks, metrics, done = TaskGroup(), Metrics(), list[int]()
+    settlement = await _settlement(_under_load(store), tasks, metrics, done)
+    wallet_id = settlement._key.wallet_id
+    await settlement.settle(UsageStatus.OK)
+    cost = PROMPT_TOKENS * 3  # micro-credits
+    assert done == [cost]
+    assert metrics.active == 0
+    assert await _books(store, wallet_id) == (
+        100_000_000 - cost,
+        0,
+        [-cost, 100_000_000],
+        [("ok", cost)],
+    )
+
+
+# (not the memory engine: it settles without waiting, so there is no meanwhile)
+@pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+@pytest.mark.parametrize("turns", [0, 1, 3])
+async def test_a_settlement_whose_request_is_cancelled_meanwhile_still_settles_once(
+    store: Store, turns: int
+) -> None:
+    tasks, metrics, done = TaskGroup(), Metrics(), list[int]()
+    settlement = await _settlement(_under_load(store), tasks, metrics, done)
+    wallet_id = settlement._key.wallet_id
+    request = asyncio.create_task(settlement.settle(UsageStatus.OK))
+    for _ in range(1 + turns):  # it has started, and waits for the storage thread
+        await asyncio.sleep(0)
+    assert not request.done()
+    request.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    deadline = time.monotonic() + 10
+    while not done:
+        assert time.monotonic() < deadline, "the settlement never finished"
+        await asyncio.sleep(0.01)
+    await tasks.drain()
+    cost = PROMPT_TOKENS * 3  # micro-credits
+    assert done == [cost], "finished once, with what was charged"
+    assert metrics.active == 0
+    assert await _books(store, wallet_id) == (
+        100_000_000 - cost,
+        0,
+        [-cost, 100_000_000],
+        [("ok", cost)],
+    )
+    await settlement.settle(UsageStatus.ERROR)  # a second call does nothing
+    assert done == [cost]
