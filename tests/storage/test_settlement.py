@@ -21,7 +21,8 @@ from gateway.storage.sqlite import SQLiteStore
 from gateway.tasks import TaskGroup
 from gateway.tokens import TokenCounter
 
-PRICES = Prices(input=3_000_000, output=6_000_000, cached_input=1_500_000)  # 3 credits a 1M in
+# micro-credits per 1M tokens: a prompt token costs 3 micro-credits
+PRICES = Prices(input=3_000_000, output=6_000_000, cached_input=1_500_000)
 ROUTE = Route(
     model="m",
     backend=BackendConfig(name="b", base_url="http://127.0.0.1:9/v1"),
@@ -42,7 +43,9 @@ def _under_load(store: Store) -> Store:
 
 async def _settlement(
     store: Store, tasks: TaskGroup, metrics: Metrics, done: list[int]
-) -> Settlement:
+) -> tuple[Settlement, str]:
+    """A request's settlement, its reservation taken and an answer of PROMPT_TOKENS metered;
+    and its wallet's id."""
     wallet = await store.create_wallet("w", balance=100_000_000)
     key = await store.create_key(
         ApiKey(id="key_1", wallet_id=wallet.id, name="k", key_hash="h", prefix="p", created_at=0)
@@ -73,7 +76,7 @@ async def _settlement(
         TokenCounter("o200k_base"), PRICES, prompt_tokens=PROMPT_TOKENS, completion_cap=None
     )
     settlement.attach(ROUTE, meter)
-    return settlement
+    return settlement, wallet.id
 
 
 async def _books(store: Store, wallet_id: str) -> tuple[int, int, list[int], list[tuple[str, int]]]:
@@ -86,8 +89,7 @@ async def _books(store: Store, wallet_id: str) -> tuple[int, int, list[int], lis
 
 async def test_a_settlement_awaited_by_its_request(store: Store) -> None:
     tasks, metrics, done = TaskGroup(), Metrics(), list[int]()
-    settlement = await _settlement(_under_load(store), tasks, metrics, done)
-    wallet_id = settlement._key.wallet_id
+    settlement, wallet_id = await _settlement(_under_load(store), tasks, metrics, done)
     await settlement.settle(UsageStatus.OK)
     cost = PROMPT_TOKENS * 3  # micro-credits
     assert done == [cost]
@@ -109,10 +111,9 @@ async def test_a_settlement_whose_request_is_cancelled_meanwhile_still_settles_o
     store: Store, turns: int
 ) -> None:
     tasks, metrics, done = TaskGroup(), Metrics(), list[int]()
-    settlement = await _settlement(_under_load(store), tasks, metrics, done)
-    wallet_id = settlement._key.wallet_id
+    settlement, wallet_id = await _settlement(_under_load(store), tasks, metrics, done)
     request = asyncio.create_task(settlement.settle(UsageStatus.OK))
-    for _ in range(1 + turns):  # it has started, and waits for the storage thread
+    for _ in range(1 + turns):  # it has started, and waits for storage
         await asyncio.sleep(0)
     assert not request.done()
     request.cancel()
