@@ -205,6 +205,9 @@ async def test_two_instances_one_wallet_never_overdrawn(
 
     lowest: list[Decimal] = []  # balance and available, as both instances saw them mid-run
     done = asyncio.Event()
+    in_flight = 0  # requests under way now
+    mid_run = 0  # samples taken while some were (the run may be over in a few turns of a
+    # loop busy with 240 requests: a count of samples alone proved nothing, and failed once)
 
     async def watch_api() -> None:  # what the instances answer, alternately
         clients = [_client(a), _client(b)]
@@ -214,6 +217,7 @@ async def test_two_instances_one_wallet_never_overdrawn(
                     return
                 wallet = (await clients[turn % 2].get(f"/admin/wallets/{wallet_id}")).json()
                 lowest.extend((D(wallet["balance"]), D(wallet["available"])))
+                sampled()
                 await asyncio.sleep(0.01)
         finally:
             for client in clients:
@@ -228,12 +232,25 @@ async def test_two_instances_one_wallet_never_overdrawn(
             lowest.extend(
                 Decimal(v) / 1_000_000 for v in (row["balance"], row["balance"] - row["reserved"])
             )
+            sampled()
             await asyncio.sleep(0.005)
+
+    def sampled() -> None:
+        nonlocal mid_run
+        mid_run += in_flight > 0
 
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     clients = [_client(a, secret, limits=limits), _client(b, secret, limits=limits)]
 
     async def one(i: int) -> tuple[int, int, str, str]:
+        nonlocal in_flight
+        in_flight += 1
+        try:
+            return await request(i)
+        finally:
+            in_flight -= 1
+
+    async def request(i: int) -> tuple[int, int, str, str]:
         """(instance, status, request id, outcome: ok / cut_off / refused)."""
         client, stream = clients[i % 2], i % 4 >= 2
         body = _chat_body(stream=stream, chunk_delay_s=0.005)
@@ -270,7 +287,7 @@ async def test_two_instances_one_wallet_never_overdrawn(
     assert outcomes.count("refused") + outcomes.count("cut_off") > 0, "the wallet ran out"
     assert outcomes.count("ok") >= 50, outcomes
     assert {r[0] for r in results if r[3] == "ok"} == {0, 1}, "both instances served"
-    assert len(lowest) > 20, "the wallet was watched during the run"
+    assert mid_run >= 2, "the wallet was watched during the run"
     assert min(lowest) >= 0, f"balance or available below zero: {min(lowest)}"
 
     with b.admin() as admin:
