@@ -167,10 +167,8 @@ class _AiohttpResponse(UpstreamResponse):
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"backend {self._backend!r} timed out mid-answer") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"backend {self._backend!r} broke off its answer") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._broken_off(exc) from exc
 
     async def read(self, limit: int) -> bytes:
         response = self._response
@@ -179,10 +177,14 @@ class _AiohttpResponse(UpstreamResponse):
             return await super().read(limit)  # piece by piece, counting what it inflates to
         try:  # as long as declared, within the limit: in one call
             return await response.read()
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise UpstreamTimeout(f"backend {self._backend!r} timed out mid-answer") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"backend {self._backend!r} broke off its answer") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._broken_off(exc) from exc
+
+    def _broken_off(self, exc: BaseException) -> UpstreamError:
+        """The gateway's error for the answer's body failing with ``exc``."""
+        if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+            return UpstreamTimeout(f"backend {self._backend!r} timed out mid-answer")
+        return UpstreamError(f"backend {self._backend!r} broke off its answer")
 
     def close(self) -> None:
         self._response.close()
