@@ -176,7 +176,7 @@ class Settlement:
         finally:
             await self._write(record, cost, 0)
 
-    async def _write(self, record: Usage, cost: int, tried: int) -> Usage | None:
+    async def _write(self, record: Usage, cost: int, tried: int) -> None:
         """The settlement's write, ``tried`` times already: up to three times in all."""
         written: Usage | None = None
         try:
@@ -200,7 +200,6 @@ class Settlement:
                         )
         finally:
             self._ended(record, cost, written)
-        return written
 
     def _ended(self, record: Usage, cost: int, written: Usage | None) -> None:
         """The settlement's write is over, ``written`` or not."""

@@ -87,10 +87,7 @@ class Writer:
         self.unwritable = False
 
     async def close(self) -> None:
-        batch = self._open_batch
-        if batch is not None and batch.task is not None:  # rows written behind, not waited for
-            with contextlib.suppress(Exception):
-                await asyncio.shield(batch.task)
+        await self.sent()  # rows written behind, not waited for
         with storage_errors("cannot close the SQLite database"):
             await self.db.close()
         self._open_batch = None
