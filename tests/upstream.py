@@ -43,7 +43,8 @@ the server's ``defaults``:
 
 Per-server attributes a test may set: ``status`` (every request fails with it), ``fail_next``
 (the next N requests fail with ``fail_status``, default 500), ``delay_s`` (added to every
-request), ``retry_after`` and ``defaults`` (script defaults).
+request), ``retry_after``, ``set_cookie`` (a ``Set-Cookie`` value on every answer) and
+``defaults`` (script defaults).
 
 The server records what it received (``requests``: method, path, headers, parsed body) and every
 stream it served (``streams``: chunks sent, whether it finished or the peer went away), so a test
@@ -148,6 +149,7 @@ class UpstreamServer:
         self.fail_status = 500
         self.retry_after: int | None = None
         self.delay_s = 0.0
+        self.set_cookie: str | None = None
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -193,6 +195,7 @@ class UpstreamServer:
 
     async def _serve(self, sock: socket.socket) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._track])
+        app.on_response_prepare.append(self._cookie)
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_post("/v1/responses", self._responses)
@@ -240,6 +243,7 @@ class UpstreamServer:
         self.fail_status = 500
         self.retry_after = None
         self.delay_s = 0.0
+        self.set_cookie = None
 
     @property
     def last(self) -> ReceivedRequest:
@@ -258,6 +262,10 @@ class UpstreamServer:
         return sum(1 for s in self.streams if not s.open)
 
     # -- handlers ----------------------------------------------------------------------------
+    async def _cookie(self, _request: web.Request, response: web.StreamResponse) -> None:
+        if self.set_cookie is not None:
+            response.headers["Set-Cookie"] = self.set_cookie
+
     @web.middleware
     async def _track(self, request: web.Request, handler: Any) -> web.StreamResponse:
         """Note on the request's record when its handler ended, and whether it was cut short."""

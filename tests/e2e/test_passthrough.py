@@ -9,10 +9,11 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from e2e.helpers import HELLO, HELLO_TOKENS, parse_sse, read_sse
-from gateway_proc import Admin, D
+from gateway_proc import Admin, D, GatewayFactory
 from upstream import UpstreamServer
 
 pytestmark = pytest.mark.e2e
@@ -216,3 +217,33 @@ async def test_every_client_response_carries_a_request_id(
     ]
     assert not missing, f"responses without x-request-id: {missing}"
     assert len(set(ids)) == len(ids), "request ids are unique"
+
+
+async def test_a_cookie_a_backend_sets_is_neither_relayed_nor_sent_back(
+    gateway_factory: GatewayFactory, upstream_factory: Callable[[str], UpstreamServer]
+) -> None:
+    """One app's answer carries a backend's cookie; the next request, another app's, must not
+    take it to the backend. (The backend by host name: aiohttp's own cookie jar ignores IP
+    addresses, so 127.0.0.1 would pass without the gateway's rule.)"""
+    upstream = upstream_factory("a")
+    upstream.set_cookie = "session=app-one; Path=/"
+    gateway = gateway_factory(
+        backends=[{"name": "a", "base_url": f"http://localhost:{upstream.port}/v1"}],
+        routes=[{"model": "m", "backend": "a", "input_price": "1", "output_price": "1"}],
+    )
+    with gateway.admin() as admin:
+        secrets = [admin.make_key(admin.make_wallet("10"))[1] for _ in range(2)]
+    for secret in secrets:
+        async with openai.AsyncOpenAI(
+            base_url=f"{gateway.url}/v1", api_key=secret, max_retries=0
+        ) as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="m",
+                messages=HELLO,  # type: ignore[arg-type]
+                extra_body={"script": {"words": 2}},
+            )
+            assert "set-cookie" not in raw.headers
+    assert [r.headers.get("Cookie") for r in upstream.requests_to("/chat/completions")] == [
+        None,
+        None,
+    ]
