@@ -47,7 +47,7 @@ from gateway.storage.rules import (
     check_settle,
     new_transfer,
 )
-from gateway.storage.sqlite_schema import MIGRATIONS, UPSERT_USAGE
+from gateway.storage.sqlite_schema import MIGRATIONS, UPSERT_PLAIN_USAGE, UPSERT_USAGE
 from gateway.storage.sqlite_writer import (
     BUGS,
     Lost,
@@ -535,7 +535,7 @@ class SQLiteStore(Store):
                     held = [(0, reservation.wallet_id)]
             if not held:  # released by recovery: record what happened, charge nothing
                 written = dataclasses.replace(usage, cost=0, shortfall=cost)
-                if conn.execute(UPSERT_USAGE, _usage_params(written)).rowcount:
+                if _upsert_usage(conn, _usage_params(written)):
                     return written
                 # settled before: settling is idempotent
                 return _usage(
@@ -558,20 +558,14 @@ class SQLiteStore(Store):
             )
             holds.seen(wallet_id, balance - charge - (reserved - amount))
             if charge:
-                _add_entry(
-                    conn,
-                    wallet_id,
-                    "charge",
-                    -charge,
-                    balance - charge,
-                    request_id=usage.request_id,
-                )
+                entry = (wallet_id, -charge, balance - charge, usage.request_id, time.time())
+                conn.execute(_CHARGE, entry)
                 if usage.key_id is not None:
                     conn.execute(
                         "UPDATE keys SET spent = spent + ? WHERE id = ?", (charge, usage.key_id)
                     )
             params[10], params[11] = charge, cost - charge
-            if not conn.execute(UPSERT_USAGE, params).rowcount:
+            if not _upsert_usage(conn, params):
                 raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
             return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
 
@@ -718,6 +712,21 @@ def _one(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> Row:
     if len(rows) != 1:
         raise RuntimeError(f"expected one row, got {len(rows)}: {sql}")
     return cast(Row, rows[0])
+
+
+#: A request's charge: ``_add_entry`` with no key, memo or ref, those columns left NULL by the
+#: statement rather than bound to None (see ``UPSERT_PLAIN_USAGE``).
+_CHARGE = (
+    "INSERT INTO ledger (wallet_id, kind, amount, balance_after, request_id, created_at) "
+    "VALUES (?, 'charge', ?, ?, ?, ?)"
+)
+
+
+def _upsert_usage(conn: sqlite3.Connection, params: list[Any]) -> bool:
+    """Write a usage record (``_usage_params``); False: another one of the request's was there."""
+    if params[15] is None:
+        return bool(conn.execute(UPSERT_PLAIN_USAGE, params[:15]).rowcount)
+    return bool(conn.execute(UPSERT_USAGE, params).rowcount)
 
 
 def _add_entry(
