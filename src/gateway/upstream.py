@@ -67,7 +67,7 @@ _DROP_REQUEST = frozenset(
 # The only upstream response headers relayed to the client; the rest (rate limits and account
 # details of the operator's supplier, cookies, hop-by-hop, encodings aiohttp already undid)
 # stay here.
-_KEEP_RESPONSE = frozenset({"content-type", "openai-processing-ms", "openai-version"})
+_KEEP_RESPONSE = ("content-type", "openai-processing-ms", "openai-version")
 
 
 def forwardable_request_headers(headers: Mapping[str, str]) -> dict[str, str]:
@@ -157,11 +157,8 @@ class _AiohttpResponse(UpstreamResponse):
         self._backend = backend
         self.secret = secret
         self.status = response.status
-        self.headers = {
-            name.lower(): value
-            for name, value in response.headers.items()
-            if name.lower() in _KEEP_RESPONSE
-        }
+        found = response.headers  # case-insensitive: three lookups, not a pass over them all
+        self.headers = {name: found[name] for name in _KEEP_RESPONSE if name in found}
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
