@@ -153,7 +153,7 @@ async def _send_stream(
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     try:
-        await unless_client_leaves(receive, pump())  # watched from 20 ms in, like the rest
+        await unless_client_leaves(receive, pump())  # watched from 250 ms in, like the rest
     except ClientGone:
         pass  # settled as a disconnect, below or by the stream itself
     finally:
