@@ -85,10 +85,11 @@ class KeyCache:
         return await asyncio.shield(reading)  # a request cancelled leaves the read to the rest
 
     def _remember(self, digest: str, began: float, read: asyncio.Future[ApiKey | None]) -> None:
+        failed = read.cancelled() or read.exception() is not None  # each waiter gets the error
         if self._reading.get(digest) is not read:  # forgotten meanwhile: it may predate that
             return
         del self._reading[digest]
-        if read.cancelled() or read.exception() is not None:  # each waiter gets the error
+        if failed:
             return
         if len(self._entries) >= _MAX_ENTRIES:
             self._entries.clear()
