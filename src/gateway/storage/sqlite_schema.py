@@ -96,7 +96,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 # A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else:
 # the cursor's rowcount is 0 when there was another. (Not RETURNING: SQLite gathers returned
 # rows in a temporary table first, which cost 4-5 us a settlement.)
-def _upsert_usage(columns: list[str], nulls: list[str]) -> str:
+def _upsert_usage_sql(columns: list[str], nulls: list[str]) -> str:
     """Bind ``columns`` (the first is ``request_id``); ``nulls`` are left NULL."""
     updates = [*(f"{c} = excluded.{c}" for c in columns[1:]), *(f"{c} = NULL" for c in nulls)]
     return (
@@ -108,8 +108,8 @@ def _upsert_usage(columns: list[str], nulls: list[str]) -> str:
 
 _USAGE = USAGE_COLUMNS.split(", ")
 assert _USAGE[-1] == "extra"
-UPSERT_USAGE = _upsert_usage(_USAGE, [])
+UPSERT_USAGE = _upsert_usage_sql(_USAGE, [])
 #: The same for a record without ``extra`` (most are): its 15 other columns bound, ``extra``
 #: left NULL by the statement instead of bound to None. sqlite3 binds no None without first
 #: looking for an adapter for it (two failed attribute lookups, ~3,800 instructions).
-UPSERT_PLAIN_USAGE = _upsert_usage(_USAGE[:-1], ["extra"])
+UPSERT_PLAIN_USAGE = _upsert_usage_sql(_USAGE[:-1], ["extra"])
