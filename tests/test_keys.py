@@ -127,3 +127,27 @@ async def test_a_key_forgotten_while_read_is_read_again(store: CountingStore) ->
     with pytest.raises(AuthenticationError):
         await cache.authenticate(header)
     assert store.reads == 2
+
+
+async def test_a_read_older_than_a_second_is_not_joined(store: CountingStore) -> None:
+    """A storage read slower than the entry's life: a request a second later reads anew,
+    so that what it gets is never older than a second (a revocation in between is seen)."""
+    clock = Clock()
+    cache = KeyCache(store, clock=clock)
+    header, key = await _new_key(store)
+    store.hold = asyncio.Event()
+    slow = asyncio.create_task(cache.authenticate(header))
+    await asyncio.sleep(0.01)
+    await store.revoke_key(key.id, 1.0)
+    clock.now += 1.0
+    later = asyncio.create_task(cache.authenticate(header))
+    await asyncio.sleep(0.01)
+    store.hold.set()
+    assert (await slow).id == key.id  # its read predates the revocation
+    with pytest.raises(AuthenticationError):
+        await later
+    assert store.reads == 2
+    store.hold = None
+    with pytest.raises(AuthenticationError):  # the newer read's answer is the one kept
+        await cache.authenticate(header)
+    assert store.reads == 2

@@ -54,8 +54,9 @@ class KeyCache:
         self._store = store
         self._clock = clock
         self._entries: dict[str, tuple[float, ApiKey | None]] = {}
-        #: Reads of expired or missing entries under way, by key hash.
-        self._reading: dict[str, asyncio.Future[ApiKey | None]] = {}
+        #: Reads of expired or missing entries under way, by key hash: when each began, and
+        #: its outcome to come.
+        self._reading: dict[str, tuple[float, asyncio.Future[ApiKey | None]]] = {}
 
     async def authenticate(self, authorization: str | None) -> ApiKey:
         """The live key behind an ``Authorization`` header, or ``AuthenticationError``."""
@@ -75,18 +76,23 @@ class KeyCache:
     async def _read(self, digest: str, now: float) -> ApiKey | None:
         """Read a key from storage, once for all the requests that need it meanwhile: when an
         entry expires under load, every request in flight with that key would otherwise read
-        it (64 reads a second for one key at 64 connections, 2-3% of the process). The entry
-        lives one second from when the read began, so what it says is never older than that."""
-        reading = self._reading.get(digest)
-        if reading is None:
+        it (64 reads a second for one key at 64 connections, 2-3% of the process). What a
+        request gets is never older than one second: it waits for a read that began less than
+        a second ago, or begins its own; the entry lives one second from when its read began.
+        """
+        under_way = self._reading.get(digest)
+        if under_way is not None and now - under_way[0] < _TTL_S:
+            reading = under_way[1]
+        else:
             reading = asyncio.ensure_future(self._store.get_key_by_hash(digest))
-            self._reading[digest] = reading
+            self._reading[digest] = (now, reading)
             reading.add_done_callback(lambda done: self._remember(digest, now, done))
         return await asyncio.shield(reading)  # a request cancelled leaves the read to the rest
 
     def _remember(self, digest: str, began: float, read: asyncio.Future[ApiKey | None]) -> None:
         failed = read.cancelled() or read.exception() is not None  # each waiter gets the error
-        if self._reading.get(digest) is not read:  # forgotten meanwhile: it may predate that
+        under_way = self._reading.get(digest)
+        if under_way is None or under_way[1] is not read:  # forgotten, or a newer one began
             return
         del self._reading[digest]
         if failed:
