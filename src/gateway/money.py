@@ -12,6 +12,7 @@ import re
 from decimal import Context, Decimal, InvalidOperation, localcontext
 
 __all__ = [
+    "MAX_MICRO",
     "MICRO",
     "AmountError",
     "ceil_div",
@@ -22,8 +23,10 @@ __all__ = [
 
 MICRO = 1_000_000
 _DECIMAL = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-_MAX_MICRO = 10**18  # well inside int64 for PostgreSQL BIGINT
-_MAX_CREDITS = Decimal(_MAX_MICRO) / MICRO
+#: The largest amount, and the largest balance a wallet may hold: well inside int64 (PostgreSQL's
+#: BIGINT; SQLite turns an integer past 2^63 into a float).
+MAX_MICRO = 10**18
+_MAX_CREDITS = Decimal(MAX_MICRO) / MICRO
 _MAX_WHOLE_DIGITS = 13  # 10**18 micro-credits has 13 digits of whole credits
 _EXACT = Context(prec=64)  # holds every digit an accepted amount can have
 
@@ -69,7 +72,7 @@ def parse_amount(value: object, *, allow_zero: bool = False) -> int:
         if micro != micro.to_integral_value():
             raise AmountError("has more than 6 decimal places (the unit is 1e-6 credit)")
     result = int(micro)
-    if result > _MAX_MICRO:
+    if result > MAX_MICRO:
         raise AmountError("is too large")
     if result == 0 and not allow_zero:
         raise AmountError("must be greater than zero")

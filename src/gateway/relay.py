@@ -32,8 +32,10 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from gateway.leases import Leases
 from gateway.metering import Meter
 from gateway.metrics import Metrics
+from gateway.money import MAX_MICRO
 from gateway.ratelimit import RateLimiter
 from gateway.routing import Route, Router
 from gateway.settlement import Settlement
@@ -48,8 +50,6 @@ __all__ = ["Answer", "LastChunk", "Relay", "StreamAnswer"]
 log = structlog.get_logger("gateway.relay")
 
 _ERROR_BODY_BYTES = 64 * 1024
-#: The most micro-credits a wallet can hold (money's bound, well inside int64).
-_MOST_MICRO = 10**18
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +150,7 @@ class Relay:
         limiter: RateLimiter,
         metrics: Metrics,
         tasks: TaskGroup,
+        leases: Leases,
     ) -> None:
         self._config = config
         self._store = store
@@ -158,12 +159,8 @@ class Relay:
         self._limiter = limiter
         self._metrics = metrics
         self._tasks = tasks
+        self._leases = leases
         self._counters: dict[str, TokenCounter] = {}
-        #: Reserved and not yet settled, per key with a spend limit (this process).
-        self._key_reserved: dict[str, int] = {}
-        #: The most recent spend known per key with a spend limit: storage's figure, or
-        #: higher where this process settled since it was read.
-        self._key_spent: dict[str, int] = {}
 
     def counter(self, encoding: str) -> TokenCounter:
         counter = self._counters.get(encoding)
@@ -178,30 +175,6 @@ class Relay:
         router = self._router
         for encoding in sorted({r.encoding for m in router.models for r in router.routes(m)}):
             self.counter(encoding)
-
-    async def _fresh_spent(self, key: ApiKey) -> int:
-        """A key's spend: storage's figure, read fresh (the key cache may be a second old),
-        unless this process has since settled more than that read can have seen."""
-        fresh = await self._store.get_key(key.id)
-        stored = fresh.spent if fresh is not None else key.spent
-        known = max(stored, self._key_spent.get(key.id, 0))
-        self._key_spent[key.id] = known
-        return known
-
-    def _settled(self, key_id: str, held: int, charged: int) -> None:
-        """A request of a key settled: its hold goes, its charge counts as spent at once."""
-        self._forget_reservation(key_id, held)
-        if key_id in self._key_spent:
-            self._key_spent[key_id] += charged
-
-    def _forget_reservation(self, key_id: str, amount: int) -> None:
-        left = self._key_reserved.get(key_id)
-        if left is None:
-            return
-        if left - amount <= 0:
-            del self._key_reserved[key_id]
-        else:
-            self._key_reserved[key_id] = left - amount
 
     def models_for(self, key: ApiKey) -> list[str]:
         allowed = set(key.models) if key.models is not None else None
@@ -230,8 +203,6 @@ class Relay:
                 code="model_not_allowed",
             )
         await self._limiter.admit(key.id, key.rpm, key.tpm)
-        if key.spend_limit is not None:
-            await self._fresh_spent(key)
 
         prompt = {
             enc: endpoint.count_prompt(self.counter(enc), body)
@@ -243,54 +214,28 @@ class Relay:
         ranked = sorted(routes, key=lambda r: (r.estimate(prompt[r.encoding], want), r.order))
         maximum = max(r.prices.cost_of(prompt[r.encoding], want) for r in ranked)
         minimum = min(r.prices.cost_of(prompt[r.encoding], least) for r in ranked)
-        if key.spend_limit is not None:
-            # From here to the hold below there is no await: requests of this process in
-            # flight on the same key see each other's holds, so together they stay inside
-            # the limit (other instances' requests are seen once they settle).
-            spent = self._key_spent.get(key.id, 0)  # with what settled during the read
-            remaining = key.spend_limit - spent - self._key_reserved.get(key.id, 0)
-            if remaining <= 0:
-                raise PermissionDenied(
-                    "This key has reached its spend limit.", code="spend_limit_reached"
-                )
-            if remaining < minimum:
-                raise PermissionDenied(
-                    "This key's spend limit cannot cover this request.",
-                    code="spend_limit_reached",
-                )
-            maximum = min(maximum, remaining)
-        if minimum > _MOST_MICRO:  # more than any wallet can hold
+        if minimum > MAX_MICRO:  # more than any wallet can hold
             raise InsufficientQuota(
                 "You exceeded your current quota: the wallet cannot pay for this request.",
             )
         # A huge bound (max_tokens=10**30) costs more than storage's integers hold: no wallet
-        # has that much, so reserving the most a wallet can hold asks for the same.
-        maximum = min(max(maximum, minimum), _MOST_MICRO)
-        hold = maximum if key.spend_limit is not None else 0
-        if hold:
-            self._key_reserved[key.id] = self._key_reserved.get(key.id, 0) + hold
-        try:
-            reservation = await self._store.reserve(
-                wallet_id=key.wallet_id,
-                key_id=key.id,
-                request_id=request_id,
-                minimum=max(minimum, 1),
-                maximum=max(maximum, 1),
-                lease_s=self._config.storage.reservation_lease_s,
-            )
-        except BaseException:
-            self._forget_reservation(key.id, hold)
-            raise
-        # the key's hold becomes what was actually reserved (released again on settlement)
-        self._forget_reservation(key.id, hold)
+        # has that much, so reserving the most a wallet can hold asks for the same. Storage
+        # holds at most what the wallet has free and the key's spend limit leaves (403 when
+        # that limit cannot cover the minimum).
+        reservation = await self._store.reserve(
+            wallet_id=key.wallet_id,
+            key_id=key.id,
+            request_id=request_id,
+            minimum=max(minimum, 1),
+            maximum=max(min(max(maximum, minimum), MAX_MICRO), 1),
+            lease_s=self._config.storage.reservation_lease_s,
+        )
         if reservation is None:
             raise InsufficientQuota(
                 "You exceeded your current quota: the wallet cannot pay for this request.",
             )
-        if key.spend_limit is not None:
-            self._key_reserved[key.id] = self._key_reserved.get(key.id, 0) + reservation.amount
         settlement = Settlement(
-            on_done=self._settled,
+            leases=self._leases,
             store=self._store,
             tasks=self._tasks,
             metrics=self._metrics,

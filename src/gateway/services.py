@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import time
 from pathlib import Path
 
 import aiohttp
@@ -14,6 +13,7 @@ import structlog
 from gateway.config import Config
 from gateway.demo import DemoBackend
 from gateway.keys import KeyCache
+from gateway.leases import Leases
 from gateway.metrics import Metrics
 from gateway.ratelimit import LocalLimiter, RateLimiter
 from gateway.relay import Relay
@@ -49,6 +49,7 @@ class Services:
         self.tasks = TaskGroup()
         self.router = Router(config)
         self.keys = KeyCache(self.store)
+        self.leases = Leases()
         self.limiter: RateLimiter = LocalLimiter()
         self.admin_token = os.environ.get(config.admin.token_env, "")
         self.backends: dict[str, Backend] = {}
@@ -60,15 +61,13 @@ class Services:
     async def start(self) -> None:
         self._lock_embedded_storage()
         await self.store.open(migrate=self.config.storage.migrate_on_start)
-        if self.config.storage.url.startswith("sqlite:"):
-            # One process serves a SQLite file (the lock above): whatever is still reserved
-            # belongs to requests that died with the previous process.
-            released = await self.store.release_expired(time.time(), all_=True)
-        else:
-            released = await self.store.release_expired(time.time())
+        # One process serves a SQLite file (the lock above): whatever is still reserved
+        # belongs to requests that died with the previous process.
+        released = await self.store.release_expired(
+            all_=self.config.storage.url.startswith("sqlite:")
+        )
         if released:
             log.warning("reservations_released_at_start", count=released)
-        self._check_lease()
         if self.config.ratelimit.redis_url:
             from gateway.ratelimit_redis import RedisLimiter
 
@@ -94,29 +93,24 @@ class Services:
             limiter=self.limiter,
             metrics=self.metrics,
             tasks=self.tasks,
+            leases=self.leases,
         )
         await asyncio.to_thread(self.relay.load_tokenizers)
         self._sweeper = self.tasks.spawn(self._sweep(), name="reservation-sweeper")
 
-    def _check_lease(self) -> None:
-        """Any instance releases a reservation older than its lease, even one of a request
-        still running: that request would then be recorded but not charged. Say so when a
-        backend's timeout allows requests that long."""
-        lease = self.config.storage.reservation_lease_s
-        for backend in self.config.backends:
-            if backend.kind != "demo" and backend.timeout_s >= lease:
-                log.warning(
-                    "reservation_lease_not_above_timeout",
-                    backend=backend.name,
-                    timeout_s=backend.timeout_s,
-                    reservation_lease_s=lease,
-                )
-
     async def _sweep(self) -> None:
+        """Renew the leases of the requests this process serves, then release the reservations
+        whose lease ended (their instance died, or stopped renewing): every
+        ``sweep_interval_s``, and at least three times a lease."""
+        storage = self.config.storage
+        every = min(storage.sweep_interval_s, storage.reservation_lease_s / 3)
         while True:
-            await asyncio.sleep(self.config.storage.sweep_interval_s)
+            await asyncio.sleep(every)
             try:
-                released = await self.store.release_expired(time.time())
+                live = self.leases.ids()
+                if live:
+                    await self.store.renew(live, storage.reservation_lease_s)
+                released = await self.store.release_expired()
             except Exception:
                 log.exception("reservation_sweep_failed")
                 continue
@@ -142,6 +136,8 @@ class Services:
             return
         path = Path(sqlite_path(url))
         path.parent.mkdir(parents=True, exist_ok=True)
+        # the file the path names, whichever link or relative path reaches it
+        path = path.resolve()
         fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -15,11 +15,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Callable
 
 import structlog
 
 from gateway.errors import StorageUnavailable
+from gateway.leases import Leases
 from gateway.logs import info_event
 from gateway.metering import Meter
 from gateway.metrics import Metrics
@@ -42,7 +42,7 @@ class Settlement:
     def __init__(
         self,
         *,
-        on_done: Callable[[str, int, int], None],
+        leases: Leases,
         store: Store,
         tasks: TaskGroup,
         metrics: Metrics,
@@ -54,8 +54,7 @@ class Settlement:
         stream: bool,
         extend_step: int,
     ) -> None:
-        self._on_done = on_done
-        self._initial = reservation.amount
+        self._leases = leases
         self._store = store
         self._tasks = tasks
         self._metrics = metrics
@@ -73,10 +72,15 @@ class Settlement:
         #: Set when storage refused the settlement: the client must not get a clean end.
         self.failed: StorageUnavailable | None = None
         metrics.active += 1
+        leases.keep(reservation.id)
 
     @property
     def request_id(self) -> str:
         return self._reservation.request_id
+
+    @property
+    def reservation_id(self) -> str:
+        return self._reservation.id
 
     @property
     def reserved(self) -> int:
@@ -204,8 +208,6 @@ class Settlement:
     def _ended(self, record: Usage, cost: int, written: Usage | None) -> None:
         """The settlement's write is over, ``written`` or not."""
         self._metrics.active -= 1
-        # (key, what it held, what it was charged)
-        self._on_done(self._key.id, self._initial, written.cost if written else 0)
         # The log line and metrics wait two loop turns: the request has sent its answer by
         # then (they are off its latency).
         loop = asyncio.get_running_loop()
@@ -217,28 +219,33 @@ class Settlement:
                 )
                 cost = 0
             self._tasks.spawn(self._retry(record, cost), name=f"settle-retry-{record.request_id}")
+        else:
+            self._leases.drop(self._reservation.id)
 
     async def _retry(self, record: Usage, cost: int) -> None:
         """Storage refused the settlement: keep it, and write it once storage is back, so that
         a stream's delivered tokens are charged and the reservation is freed then (not at the
         end of its lease). A plain answer was refused with 503: it is settled at no cost."""
         delay, deadline = 0.25, time.monotonic() + RETRY_FOR_S
-        while time.monotonic() < deadline:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-            try:
-                written = await self._store.settle(self._reservation, record, cost)
-            except StorageUnavailable:
-                continue
-            log.warning(
-                "settlement_recovered",
-                request_id=written.request_id,
-                wallet_id=written.wallet_id,
-                cost_micro=written.cost,
-                shortfall_micro=written.shortfall,
-            )
-            return
-        log.error("settlement_given_up", request_id=record.request_id, cost_micro=cost)
+        try:
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                try:
+                    written = await self._store.settle(self._reservation, record, cost)
+                except StorageUnavailable:
+                    continue
+                log.warning(
+                    "settlement_recovered",
+                    request_id=written.request_id,
+                    wallet_id=written.wallet_id,
+                    cost_micro=written.cost,
+                    shortfall_micro=written.shortfall,
+                )
+                return
+            log.error("settlement_given_up", request_id=record.request_id, cost_micro=cost)
+        finally:
+            self._leases.drop(self._reservation.id)
 
     def _observe(self, usage: Usage, cost: int) -> None:
         m = self._metrics

@@ -15,8 +15,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import openai
+import pytest
 import tiktoken
 import tiktoken_ext.openai_public as openai_public
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
@@ -24,6 +26,8 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 __all__ = [
     "HELLO",
     "HELLO_TOKENS",
+    "POSTGRES_URL",
+    "REACHABLE",
     "chat",
     "chat_prompt_tokens",
     "chat_stream",
@@ -33,10 +37,18 @@ __all__ = [
     "eventually",
     "parse_sse",
     "read_sse",
+    "require_postgres",
     "text_of",
+    "unreachable",
 ]
 
 T = TypeVar("T")
+
+POSTGRES_URL = os.environ.get(
+    "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+#: "postgres"/"redis" -> None, or why it cannot be reached (checked once a session).
+REACHABLE: dict[str, str | None] = {}
 
 HELLO: list[dict[str, Any]] = [{"role": "user", "content": "hello"}]
 #: HELLO's prompt tokens by OpenAI's recipe, in cl100k_base and o200k_base alike: 3 + 1 + 1 + 3.
@@ -181,3 +193,23 @@ def text_of(chunks: Iterable[ChatCompletionChunk], index: int = 0) -> str:
         for choice in chunk.choices
         if choice.index == index
     )
+
+
+def unreachable(what: str, url: str) -> None:
+    """Skip the test for a service that cannot be reached; with ``CI=true``, fail it."""
+    message = f"{what} at {url} is unreachable ({REACHABLE[what]})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+async def require_postgres() -> None:
+    if "postgres" not in REACHABLE:
+        try:
+            conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
+            await conn.close()
+            REACHABLE["postgres"] = None
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            REACHABLE["postgres"] = f"{type(exc).__name__}: {exc}"
+    if REACHABLE["postgres"] is not None:
+        unreachable("postgres", POSTGRES_URL)

@@ -19,8 +19,10 @@ from gateway.errors import (
     InsufficientQuota,
     InvalidRequest,
     NotFound,
+    PermissionDenied,
     StorageUnavailable,
 )
+from gateway.money import MAX_MICRO
 from gateway.storage.base import ApiKey, Reservation, Store, Usage, UsageStatus, Wallet
 
 Invariants = Callable[[Store], Awaitable[None]]
@@ -186,6 +188,25 @@ async def test_credit_refusals(store: Store) -> None:
         with pytest.raises(InvalidRequest):
             await store.credit(wallet.id, amount)
     assert await store.ledger(wallet.id) == []
+
+
+async def test_no_credit_or_transfer_takes_a_balance_past_the_largest_amount(
+    store: Store,
+) -> None:
+    # SQLite would turn an integer past 2^63 into a float; PostgreSQL's BIGINT would overflow
+    rich = await store.create_wallet("rich", MAX_MICRO - 10)
+    with pytest.raises(InvalidRequest, match="largest amount"):
+        await store.credit(rich.id, 11)
+    with pytest.raises(InvalidRequest, match="largest amount"):
+        await store.credit(rich.id, MAX_MICRO, idempotency_key="big")
+    source = await store.create_wallet("source", 1_000)
+    with pytest.raises(InvalidRequest, match="largest amount"):
+        await store.transfer(source.id, rich.id, 11)
+    assert [(await fresh(store, w)).balance for w in (rich, source)] == [MAX_MICRO - 10, 1_000]
+    full, _ = await store.credit(rich.id, 10)  # up to the largest amount exactly
+    assert full.balance == MAX_MICRO
+    assert len(await store.ledger(rich.id)) == 2
+    assert len(await store.ledger(source.id)) == 1
 
 
 # -- transfers -----------------------------------------------------------------------------------
@@ -364,7 +385,6 @@ async def test_extend_grows_the_hold(store: Store) -> None:
     grown = await store.extend(r, minimum=50, maximum=500)
     assert grown is not None
     assert (grown.id, grown.amount) == (r.id, 800)
-    assert grown.expires_at >= r.expires_at
     assert (await fresh(store, wallet)).reserved == 800
     partial = await store.extend(grown, minimum=100, maximum=1_000)
     assert partial is not None
@@ -381,7 +401,7 @@ async def test_extend_of_a_released_reservation_is_none(store: Store) -> None:
     wallet = await store.create_wallet("w", 1_000)
     r = await reserve(store, wallet, maximum=100)
     assert r is not None
-    assert await store.release_expired(time.time(), all_=True) == 1
+    assert await store.release_expired(all_=True) == 1
     assert await store.extend(r, minimum=1, maximum=100) is None
     assert (await fresh(store, wallet)).reserved == 0
 
@@ -455,20 +475,26 @@ async def test_settle_never_takes_what_others_reserved(store: Store) -> None:
     assert (current.balance, current.reserved) == (0, 0)
 
 
-async def test_settle_of_a_released_reservation_charges_nothing(store: Store) -> None:
+async def test_settle_of_a_released_reservation_charges_what_is_free(store: Store) -> None:
+    # An instance that stopped renewing its leases lost them; once it settles, what its request
+    # cost is still charged, from what the wallet has free then.
     wallet = await store.create_wallet("w", 1_000)
     r = await reserve(store, wallet, maximum=500)
     assert r is not None
-    assert await store.release_expired(time.time(), all_=True) == 1
+    assert await store.release_expired(all_=True) == 1
     [abandoned] = await store.list_usage(wallet_id=wallet.id)
     assert abandoned.status == UsageStatus.ABANDONED
-    written = await store.settle(r, usage_for(r, completion_tokens=42), 250)
-    assert (written.cost, written.shortfall, written.status) == (0, 250, "ok")
+    other = await reserve(store, wallet, minimum=700, maximum=700)  # the rest is someone else's
+    assert other is not None
+    written = await store.settle(r, usage_for(r, completion_tokens=42), 450)
+    assert (written.cost, written.shortfall, written.status) == (300, 150, "ok")
     # the real record replaces the abandoned one
     assert await store.list_usage(wallet_id=wallet.id) == [written]
     current = await fresh(store, wallet)
-    assert (current.balance, current.reserved) == (1_000, 0)
-    assert len(await store.ledger(wallet.id)) == 1
+    assert (current.balance, current.reserved) == (700, 700)
+    assert [e.amount for e in await store.ledger(wallet.id)] == [-300, 1_000]
+    assert await store.settle(r, usage_for(r), 450) == written  # and once only
+    await store.settle(other, usage_for(other), 0)
 
 
 async def test_settling_twice_charges_once(store: Store) -> None:
@@ -500,7 +526,7 @@ async def test_a_request_id_settles_one_reservation_only(store: Store) -> None:
         await store.settle(r2, usage_for(r2), 10)
     current = await fresh(store, wallet)
     assert (current.balance, current.reserved) == (990, 50)  # nothing of the refused settle
-    assert await store.release_expired(time.time(), all_=True) == 1
+    assert await store.release_expired(all_=True) == 1
 
 
 async def test_settle_rejects_a_foreign_usage_record_and_negative_cost(store: Store) -> None:
@@ -540,8 +566,9 @@ async def test_release_expired_releases_only_ended_leases(store: Store) -> None:
     live = await reserve(store, wallet, maximum=300, lease_s=3_600)
     assert ended is not None
     assert live is not None
-    assert await store.release_expired(time.time() + 1) == 1
-    assert await store.release_expired(time.time() + 1) == 0
+    await asyncio.sleep(0.01)
+    assert await store.release_expired() == 1
+    assert await store.release_expired() == 0
     current = await fresh(store, wallet)
     assert (current.balance, current.reserved) == (1_000, 300)
     [abandoned] = await store.list_usage(wallet_id=wallet.id)
@@ -560,29 +587,152 @@ async def test_release_expired_all(store: Store) -> None:
     wallet = await store.create_wallet("w", 1_000)
     for _ in range(3):
         assert await reserve(store, wallet, maximum=100, lease_s=3_600) is not None
-    assert await store.release_expired(time.time()) == 0
-    assert await store.release_expired(time.time(), all_=True) == 3
+    assert await store.release_expired() == 0
+    assert await store.release_expired(all_=True) == 3
     assert (await fresh(store, wallet)).reserved == 0
     usage = await store.list_usage(wallet_id=wallet.id)
     assert [u.status for u in usage] == ["abandoned"] * 3
-    assert await store.release_expired(time.time(), all_=True) == 0
+    assert await store.release_expired(all_=True) == 0
 
 
 async def test_settle_racing_recovery_ends_each_reservation_once(store: Store) -> None:
     wallet = await store.create_wallet("w", 100_000)
     held = [await reserve(store, wallet, maximum=100, lease_s=0.0) for _ in range(40)]
-    now = time.time() + 1
+    await asyncio.sleep(0.01)  # every lease has ended
     settles = [store.settle(r, usage_for(r), 50) for r in held if r]
-    recoveries = [store.release_expired(now) for _ in range(4)]
+    recoveries = [store.release_expired() for _ in range(4)]
     results = await asyncio.gather(*settles, *recoveries)
     written, released = results[: len(settles)], results[len(settles) :]
-    charged = [u for u in written if isinstance(u, Usage) and u.cost == 50]
-    assert sum(r for r in released if isinstance(r, int)) == len(held) - len(charged)
+    # released first or not, each request is charged once, in full (the wallet has enough)
+    assert all(isinstance(u, Usage) and u.cost == 50 for u in written)
+    assert sum(r for r in released if isinstance(r, int)) <= len(held)
     current = await fresh(store, wallet)
-    assert (current.balance, current.reserved) == (100_000 - 50 * len(charged), 0)
+    assert (current.balance, current.reserved) == (100_000 - 50 * len(held), 0)
     usage = await store.list_usage(wallet_id=wallet.id, limit=1_000)
     assert len(usage) == len(held)
     assert all(u.status == "ok" for u in usage)  # a late settle replaces the abandoned record
+
+
+async def test_renewed_leases_outlive_their_first_end(store: Store) -> None:
+    wallet = await store.create_wallet("w", 1_000)
+    kept = await reserve(store, wallet, maximum=100, lease_s=0.5)
+    lost = await reserve(store, wallet, maximum=200, lease_s=0.5)
+    assert kept is not None
+    assert lost is not None
+    for _ in range(3):  # the instance serving `kept` renews it; nobody renews `lost`
+        await asyncio.sleep(0.25)
+        assert await store.renew([kept.id], 0.5) == 1
+        await store.release_expired()
+    assert (await fresh(store, wallet)).reserved == 100
+    assert await store.renew([kept.id, lost.id, "r_unknown"], 60) == 1
+    [abandoned] = await store.list_usage(wallet_id=wallet.id)
+    assert abandoned.request_id == lost.request_id
+    assert (await store.settle(kept, usage_for(kept), 80)).cost == 80
+    assert await store.renew([kept.id], 60) == 0  # settled: nothing left to renew
+    assert await store.renew([], 60) == 0
+
+
+# -- keys' spend limits --------------------------------------------------------------------------
+
+
+async def test_a_keys_spend_limit_bounds_its_reservations(store: Store) -> None:
+    wallet = await store.create_wallet("w", 10_000)
+    key = await store.create_key(new_key(wallet.id, spend_limit=1_000))
+    first = await reserve(store, wallet, key_id=key.id, minimum=100, maximum=700)
+    assert first is not None
+    assert first.amount == 700
+    # what the limit leaves, not what the wallet has
+    second = await reserve(store, wallet, key_id=key.id, minimum=100, maximum=5_000)
+    assert second is not None
+    assert second.amount == 300
+    with pytest.raises(PermissionDenied, match="reached its spend limit") as refused:
+        await reserve(store, wallet, key_id=key.id, minimum=1, maximum=10)
+    assert refused.value.code == "spend_limit_reached"
+    # another key of the same wallet is not bound by it
+    other = await store.create_key(new_key(wallet.id, name="other"))
+    free = await reserve(store, wallet, key_id=other.id, minimum=1, maximum=2_000)
+    assert free is not None
+    assert free.amount == 2_000
+    await store.settle(first, usage_for(first), 200)
+    await store.settle(second, usage_for(second), 0)
+    with pytest.raises(PermissionDenied, match="cannot cover") as short:
+        await reserve(store, wallet, key_id=key.id, minimum=900, maximum=900)
+    assert short.value.code == "spend_limit_reached"
+    third = await reserve(store, wallet, key_id=key.id, minimum=1, maximum=5_000)
+    assert third is not None
+    assert third.amount == 800
+    await store.settle(third, usage_for(third), 0)
+    await store.settle(free, usage_for(free), 0)
+
+
+async def test_a_keys_spend_limit_bounds_extensions_and_charges(store: Store) -> None:
+    wallet = await store.create_wallet("w", 10_000)
+    key = await store.create_key(new_key(wallet.id, spend_limit=500))
+    r = await reserve(store, wallet, key_id=key.id, minimum=1, maximum=200)
+    assert r is not None
+    grown = await store.extend(r, minimum=1, maximum=1_000)
+    assert grown is not None
+    assert grown.amount == 500  # as far as the limit goes
+    assert await store.extend(grown, minimum=1, maximum=10) is None
+    written = await store.settle(grown, usage_for(grown), 900)  # costs more than the limit
+    assert (written.cost, written.shortfall) == (500, 400)
+    current = await store.get_key(key.id)
+    assert current is not None
+    assert current.spent == 500
+    assert (await fresh(store, wallet)).balance == 9_500
+    with pytest.raises(PermissionDenied):
+        await reserve(store, wallet, key_id=key.id)
+
+
+async def test_released_reservations_give_the_key_its_limit_back(store: Store) -> None:
+    wallet = await store.create_wallet("w", 10_000)
+    key = await store.create_key(new_key(wallet.id, spend_limit=1_000))
+    r = await reserve(store, wallet, key_id=key.id, minimum=1, maximum=1_000)
+    assert r is not None
+    with pytest.raises(PermissionDenied):
+        await reserve(store, wallet, key_id=key.id)
+    assert await store.release_expired(all_=True) == 1
+    again = await reserve(store, wallet, key_id=key.id, minimum=1, maximum=1_000)
+    assert again is not None
+    assert again.amount == 1_000
+    # the released request, settled late, is charged from what the limit leaves: nothing
+    late = await store.settle(r, usage_for(r), 300)
+    assert (late.cost, late.shortfall) == (0, 300)
+    await store.settle(again, usage_for(again), 1_000)
+    current = await store.get_key(key.id)
+    assert current is not None
+    assert current.spent == 1_000
+
+
+async def test_concurrent_requests_never_pass_a_keys_limit(store: Store) -> None:
+    wallet = await store.create_wallet("w", 1_000_000)
+    key = await store.create_key(new_key(wallet.id, spend_limit=5_000))
+    rng = random.Random(11)
+    costs = [rng.randrange(50, 400) for _ in range(120)]
+    refused = 0
+
+    async def one_request(cost: int) -> Usage | None:
+        nonlocal refused
+        try:
+            r = await reserve(store, wallet, key_id=key.id, minimum=50, maximum=200)
+        except PermissionDenied:
+            refused += 1
+            return None
+        assert r is not None
+        await asyncio.sleep(0)
+        grown = await store.extend(r, minimum=1, maximum=cost) if cost > r.amount else None
+        await asyncio.sleep(0)
+        return await store.settle(grown or r, usage_for(r), cost)
+
+    results = await asyncio.gather(*(one_request(cost) for cost in costs))
+    settled = [u for u in results if u is not None]
+    assert settled
+    assert refused, "the limit was never reached"
+    current = await store.get_key(key.id)
+    assert current is not None
+    assert current.spent == sum(u.cost for u in settled) <= 5_000
+    assert (await fresh(store, wallet)).balance == 1_000_000 - current.spent
+    assert (await fresh(store, wallet)).reserved == 0
 
 
 # -- concurrency ---------------------------------------------------------------------------------
@@ -633,7 +783,7 @@ async def test_cancelled_settlements_are_all_or_nothing(store: Store) -> None:
                 task.cancel()
         await asyncio.sleep(0)
     await asyncio.gather(*tasks, return_exceptions=True)
-    await store.release_expired(time.time(), all_=True)
+    await store.release_expired(all_=True)
     usage = {u.request_id: u for u in await store.list_usage(wallet_id=wallet.id, limit=1_000)}
     assert len(usage) == len(held)
     settled = [u for u in usage.values() if u.status == UsageStatus.OK]

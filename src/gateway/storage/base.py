@@ -3,12 +3,19 @@
 Every engine (SQLite, PostgreSQL, in-memory) implements :class:`Store` with the same rules and
 passes the same contract suite (``tests/storage/test_contract.py``):
 
-- amounts are integers of micro-credits;
+- amounts are integers of micro-credits, and no balance goes past ``MAX_MICRO``;
 - a wallet's ``balance`` is the sum of its ledger entries, always;
 - ``available = balance - reserved`` never goes below zero: reservations are taken with one
   conditional update (a row lock on PostgreSQL), never read-then-write;
-- :meth:`Store.settle` charges ``min(cost, what the wallet can pay)`` in one transaction with the
-  ledger entry, the usage record, the key's spend and the release of the reservation;
+- a key with a ``spend_limit`` is held the same way: its reservations count against
+  ``spend_limit - spent`` in the same update as the wallet's, so that what its requests may
+  still cost never exceeds what the limit leaves, whatever the concurrency;
+- :meth:`Store.settle` charges ``min(cost, what the wallet and the key can pay)`` in one
+  transaction with the ledger entry, the usage record, the key's spend and the release of the
+  reservation;
+- a reservation's lease is kept by the instance serving its request (:meth:`Store.renew`); one
+  whose lease ran out is released by any instance (:meth:`Store.release_expired`), by the
+  store's own clock (the database's, on PostgreSQL);
 - idempotency keys make a repeated credit or transfer a no-op that returns the first result.
 """
 
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -162,7 +170,8 @@ class Store(abc.ABC):
         memo: str | None = None,
     ) -> tuple[Wallet, bool]:
         """Add ``amount``; returns the wallet and whether a new entry was written (False when
-        the idempotency key was seen before for this wallet). ``NotFound`` for no wallet."""
+        the idempotency key was seen before for this wallet). ``NotFound`` for no wallet,
+        ``InvalidRequest`` (and nothing written) when the balance would pass ``MAX_MICRO``."""
 
     @abc.abstractmethod
     async def transfer(
@@ -176,7 +185,8 @@ class Store(abc.ABC):
     ) -> tuple[Transfer, bool]:
         """Move ``amount`` from available funds; ``InsufficientQuota`` and nothing moved if the
         source cannot pay, ``NotFound`` for an unknown wallet, ``InvalidRequest`` for a transfer
-        to itself. A repeated idempotency key returns the first transfer and False."""
+        to itself or one that would take the target's balance past ``MAX_MICRO``. A repeated
+        idempotency key returns the first transfer and False."""
 
     @abc.abstractmethod
     async def ledger(self, wallet_id: str, limit: int = 100) -> list[LedgerEntry]:
@@ -194,23 +204,29 @@ class Store(abc.ABC):
         maximum: int,
         lease_s: float,
     ) -> Reservation | None:
-        """Atomically reserve ``min(maximum, available)`` if that is at least ``minimum``;
-        ``None`` when the wallet cannot cover ``minimum`` (or does not exist)."""
+        """Atomically reserve ``min(maximum, available)`` if that is at least ``minimum``, where
+        ``available`` is what the wallet has free and, for a key with a ``spend_limit``, what
+        the limit leaves (``spend_limit - spent - reserved``); ``None`` when the wallet cannot
+        cover ``minimum`` (or does not exist). ``PermissionDenied`` (``spend_limit_reached``)
+        when the key's limit cannot."""
 
     @abc.abstractmethod
     async def extend(
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
-        """Grow a reservation by ``min(maximum, available)`` if that is at least ``minimum``;
-        ``None`` when the wallet cannot."""
+        """Grow a reservation by ``min(maximum, available)`` (the wallet's and the key's, as
+        for :meth:`reserve`) if that is at least ``minimum``; ``None`` when they cannot, or the
+        reservation was released."""
 
     @abc.abstractmethod
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
-        """End a request in one transaction: charge ``min(cost, balance - others' reservations)``
-        as a ``charge`` ledger entry (none when zero), record the rest as ``shortfall``, add the
-        charge to the key's ``spent``, write the usage record, and drop the reservation.
-        Returns the usage record as written. Settling an unknown (already released)
-        reservation records the usage without charging."""
+        """End a request in one transaction: charge ``min(cost, what the wallet has beyond
+        others' reservations, what the key's limit leaves)`` as a ``charge`` ledger entry (none
+        when zero), record the rest as ``shortfall``, add the charge to the key's ``spent``,
+        write the usage record, and drop the reservation. Returns the usage record as written.
+        A reservation released meanwhile (its lease ran out) is settled the same way from what
+        the wallet and the key have free then: its usage record replaces the ``abandoned`` one.
+        Settling a request again returns its first record and changes nothing."""
 
     def settle_now(self, reservation: Reservation, usage: Usage, cost: int) -> Usage | None:
         """:meth:`settle`, done within this call if the engine can (without awaiting), else
@@ -225,9 +241,16 @@ class Store(abc.ABC):
         return None
 
     @abc.abstractmethod
-    async def release_expired(self, now: float, *, all_: bool = False) -> int:
-        """Release reservations whose lease ended before ``now`` (every one with ``all_``),
-        each recorded as an ``abandoned`` usage record with no charge. Returns how many."""
+    async def renew(self, reservation_ids: Sequence[str], lease_s: float) -> int:
+        """Move the leases of these reservations (those still held) to end ``lease_s`` from
+        now, by the store's clock: the instance serving their requests is alive. Returns how
+        many were renewed."""
+
+    @abc.abstractmethod
+    async def release_expired(self, *, all_: bool = False) -> int:
+        """Release reservations whose lease has ended by the store's clock (every one with
+        ``all_``), each recorded as an ``abandoned`` usage record with no charge. Returns how
+        many."""
 
     # -- usage -----------------------------------------------------------------------------
     @abc.abstractmethod

@@ -7,17 +7,20 @@ trip to storage: the request goes upstream meanwhile. A request still running af
 ``ROW_AFTER_S`` gets its reservation row; a quicker one is settled without one
 (:meth:`Holds.settle_rowless`), so its settlement is its only write.
 
-Per wallet, :class:`Holds` keeps
+A reservation holds money of two *accounts*: its wallet, and its key when the key has a spend
+limit (named :func:`key_account`, its figure ``spend_limit - spent - reserved``). Per account,
+:class:`Holds` keeps
 
-- ``known``: the wallet's ``balance - reserved`` as last committed;
+- ``known``: the account's figure (a wallet's ``balance - reserved``) as last committed;
 - ``pending``: what the loop has held since, with no committed row;
 
-so the loop may hold up to ``known - pending``. Transactions keep both right: committing a
-reservation row, or settling a reservation that has none, takes its amount out of
-``pending``; a settlement, credit or transfer records the wallet's new figure (or forgets it,
+so the loop may hold up to ``known - pending`` of each. Transactions keep both right:
+committing a reservation row, or settling a reservation that has none, takes its amount out of
+``pending``; a settlement, credit or transfer records the account's new figure (or forgets it,
 to be read again); a row that could not be written is dropped from ``pending`` and its
 reservation id remembered as lost, so that its settlement charges from the wallet instead of
-finding nothing to release.
+finding nothing to release. A key without a spend limit is no account: it is remembered as
+``unlimited`` once read.
 
 Inside a transaction the database shows the transaction's own uncommitted rows, so
 :meth:`unwritten` (``pending`` minus what this transaction wrote) is what other decisions
@@ -29,18 +32,46 @@ the rowless reservations) is under ``_lock``.
 
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["Holds"]
+__all__ = ["Held", "Holds", "Short", "key_account"]
+
+
+def key_account(key_id: str) -> str:
+    """The account of a key's spend limit (wallet ids never start with ``key:``)."""
+    return "key:" + key_id
+
+
+class Short(enum.Enum):
+    """Why :meth:`Holds.take` did not hold."""
+
+    UNKNOWN = "unknown"  # an account's figure is not known: read it, then ask again
+    WALLET = "wallet"  # the wallet looks short (read it again: another process may credit it)
+    KEY = "key"  # the key's spend limit cannot cover the minimum
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a rowless reservation holds: ``amount`` of its wallet, and of its key's account
+    (None: the key has no spend limit)."""
+
+    wallet: str
+    key: str | None
+    amount: int
+
+    @property
+    def accounts(self) -> tuple[str, ...]:
+        return (self.wallet,) if self.key is None else (self.wallet, self.key)
 
 
 @dataclass
 class _Journal:
     """What the open transaction did, to apply when it commits."""
 
-    written: list[tuple[str, int]] = field(default_factory=list)  # (wallet, amount) rows
-    seen: list[tuple[str, int | None]] = field(default_factory=list)  # (wallet, figure)
+    written: list[tuple[str, int]] = field(default_factory=list)  # (account, amount) rows
+    seen: list[tuple[str, int | None]] = field(default_factory=list)  # (account, figure)
     settled: list[str] = field(default_factory=list)  # reservations settled without a row
     mark: tuple[int, int, int] = (0, 0, 0)  # where the current write's entries start
 
@@ -50,32 +81,45 @@ class Holds:
         self._lock = threading.Lock()
         self._known: dict[str, int] = {}
         self._pending: dict[str, int] = {}
+        self._unlimited: set[str] = set()  # key accounts read and found without a limit
         self._lost: set[str] = set()
-        #: Reservations whose rows are not written yet: id -> (wallet, amount).
-        self._rowless: dict[str, tuple[str, int]] = {}
+        #: Reservations whose rows are not written yet.
+        self._rowless: dict[str, Held] = {}
         self._journal = _Journal()  # the transaction's thread only
 
     # -- the event loop --------------------------------------------------------------------
-    def take(self, reservation_id: str, wallet_id: str, minimum: int, maximum: int) -> int | None:
-        """Hold up to ``maximum`` (at least ``minimum``) of the wallet for a reservation whose
-        row is not written yet; None when this cannot say yes: the wallet is not known yet, or
-        looks short (another process may have credited it since). Then read it (:meth:`read`
-        in storage) and ask again."""
+    def take(
+        self, reservation_id: str, wallet_id: str, key_id: str | None, minimum: int, maximum: int
+    ) -> int | Short:
+        """Hold up to ``maximum`` (at least ``minimum``) of the wallet, and of the key's limit,
+        for a reservation whose row is not written yet; else why not (:class:`Short`)."""
+        key = self._account_of(key_id)
         with self._lock:
             known = self._known.get(wallet_id)
-            if known is None:
-                return None
-            held = self._pending.get(wallet_id, 0)
-            available = known - held
-            if available < minimum:
-                return None
-            amount = min(maximum, available)
-            self._pending[wallet_id] = held + amount
-            self._rowless[reservation_id] = (wallet_id, amount)
+            if known is None or (key is not None and key not in self._known):
+                return Short.UNKNOWN
+            amount = min(maximum, known - self._pending.get(wallet_id, 0))
+            if key is not None:
+                left = self._known[key] - self._pending.get(key, 0)
+                if left < minimum:
+                    return Short.KEY
+                amount = min(amount, left)
+            if amount < minimum:
+                return Short.WALLET
+            held = Held(wallet_id, key, amount)
+            for account in held.accounts:
+                self._pending[account] = self._pending.get(account, 0) + amount
+            self._rowless[reservation_id] = held
             return amount
 
-    def claim_row(self, reservation_id: str) -> tuple[str, int] | None:
-        """The reservation's row is to be written now: (wallet, amount), unless it was settled
+    def key_left(self, key_id: str) -> int:
+        """What the key's limit leaves beyond the loop's holds (read it first)."""
+        key = key_account(key_id)
+        with self._lock:
+            return self._known.get(key, 0) - self._pending.get(key, 0)
+
+    def claim_row(self, reservation_id: str) -> Held | None:
+        """The reservation's row is to be written now: what it holds, unless it was settled
         already (None)."""
         with self._lock:
             return self._rowless.pop(reservation_id, None)
@@ -86,42 +130,68 @@ class Holds:
             return self._pending.get(wallet_id, 0)
 
     # -- storage, outside a transaction ------------------------------------------------------
-    def read(self, wallet_id: str, available: int) -> None:
-        """The wallet's committed ``balance - reserved``, just read."""
+    def read(self, account: str, figure: int | None) -> None:
+        """An account's committed figure, just read (None for a key: it has no limit)."""
         with self._lock:
-            self._known[wallet_id] = available
+            if figure is None:
+                self._unlimited.add(account)
+            else:
+                self._known[account] = figure
+
+    def knows(self, account: str) -> bool:
+        with self._lock:
+            return account in self._known or account in self._unlimited
+
+    def limited(self, key_id: str | None) -> bool | None:
+        """Whether the key has a spend limit: None when not known (read it)."""
+        if key_id is None:
+            return False
+        key = key_account(key_id)
+        with self._lock:
+            if key in self._unlimited:
+                return False
+            return True if key in self._known else None
+
+    def _account_of(self, key_id: str | None) -> str | None:
+        """The key's account, or None when the key has no limit (as far as known)."""
+        if key_id is None:
+            return None
+        key = key_account(key_id)
+        with self._lock:
+            return None if key in self._unlimited else key
 
     # -- storage, inside a transaction ------------------------------------------------------
-    def unwritten(self, wallet_id: str) -> int:
+    def unwritten(self, account: str) -> int:
         """Held on the loop and not yet in the database as this transaction sees it."""
-        written = sum(amount for wallet, amount in self._journal.written if wallet == wallet_id)
+        written = sum(amount for held, amount in self._journal.written if held == account)
         with self._lock:
-            return self._pending.get(wallet_id, 0) - written
+            return self._pending.get(account, 0) - written
 
-    def wrote(self, wallet_id: str, amount: int) -> None:
-        """A reservation row for ``amount`` held on the loop was written."""
-        self._journal.written.append((wallet_id, amount))
+    def wrote(self, held: Held) -> None:
+        """A reservation row held on the loop was written."""
+        self._journal.written += [(account, held.amount) for account in held.accounts]
 
-    def rowless(self, reservation_id: str) -> tuple[str, int] | None:
-        """(wallet, amount) of a reservation held on the loop that has no row."""
+    def rowless(self, reservation_id: str) -> Held | None:
+        """What a reservation held on the loop that has no row holds."""
         with self._lock:
             return self._rowless.get(reservation_id)
 
-    def settle_rowless(self, reservation_id: str, wallet_id: str, amount: int) -> None:
+    def settle_rowless(self, reservation_id: str, held: Held) -> None:
         """A reservation without a row is settled in this transaction: on commit its hold goes
         (as if its row had been written, then deleted)."""
-        self._journal.written.append((wallet_id, amount))
+        self.wrote(held)
         self._journal.settled.append(reservation_id)
 
-    def seen(self, wallet_id: str, available: int | None) -> None:
-        """The wallet's ``balance - reserved`` in this transaction (None: forget the figure,
-        it is read again when next needed)."""
-        self._journal.seen.append((wallet_id, available))
+    def seen(self, account: str, figure: int | None) -> None:
+        """The account's figure in this transaction (None: forget it, it is read again when
+        next needed)."""
+        self._journal.seen.append((account, figure))
 
-    def lost(self, reservation_id: str, wallet_id: str, amount: int) -> None:
+    def lost(self, reservation_id: str, held: Held) -> None:
         """A reservation row held on the loop could not be written: release the hold."""
         with self._lock:
-            self._release(wallet_id, amount)
+            for account in held.accounts:
+                self._release(account, held.amount)
             self._lost.add(reservation_id)
 
     def is_lost(self, reservation_id: str) -> bool:
@@ -146,13 +216,13 @@ class Holds:
     def commit(self) -> None:
         journal = self._journal
         with self._lock:
-            for wallet_id, amount in journal.written:
-                self._release(wallet_id, amount)
-            for wallet_id, available in journal.seen:
-                if available is None:
-                    self._known.pop(wallet_id, None)
+            for account, amount in journal.written:
+                self._release(account, amount)
+            for account, figure in journal.seen:
+                if figure is None:
+                    self._known.pop(account, None)
                 else:
-                    self._known[wallet_id] = available
+                    self._known[account] = figure
             for reservation_id in journal.settled:
                 self._rowless.pop(reservation_id, None)
         self.rollback()
@@ -160,9 +230,9 @@ class Holds:
     def rollback(self) -> None:
         self._journal = _Journal()
 
-    def _release(self, wallet_id: str, amount: int) -> None:
-        left = self._pending.get(wallet_id, 0) - amount
+    def _release(self, account: str, amount: int) -> None:
+        left = self._pending.get(account, 0) - amount
         if left > 0:
-            self._pending[wallet_id] = left
+            self._pending[account] = left
         else:
-            self._pending.pop(wallet_id, None)
+            self._pending.pop(account, None)

@@ -11,9 +11,11 @@ import asyncio
 import dataclasses
 import secrets
 import time
+from collections.abc import Sequence
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.ids import unique_id
+from gateway.money import MAX_MICRO
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -29,7 +31,9 @@ from gateway.storage.rules import (
     cannot_pay,
     check_bounds,
     check_settle,
+    key_limit_reached,
     new_transfer,
+    past_the_largest_balance,
 )
 
 __all__ = ["MemoryStore"]
@@ -47,6 +51,7 @@ class MemoryStore(Store):
         self._usage: dict[str, Usage] = {}  # request_id -> usage; insertion order is seq
         self._keys: dict[str, ApiKey] = {}
         self._key_ids: dict[str, str] = {}  # key_hash -> key id
+        self._key_reserved: dict[str, int] = {}  # key id -> held for it (keys with a limit)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
@@ -97,6 +102,8 @@ class MemoryStore(Store):
             if idempotency_key is not None and (wallet_id, idempotency_key) in self._credit_keys:
                 return self._wallets[wallet_id], False
             wallet = self._get(wallet_id, "wallet_id")
+            if wallet.balance + amount > MAX_MICRO:
+                raise past_the_largest_balance(wallet_id)
             wallet = self._set(wallet, balance=wallet.balance + amount)
             self._append(
                 wallet_id, "credit", amount, wallet.balance, key=idempotency_key, memo=memo
@@ -123,6 +130,8 @@ class MemoryStore(Store):
             target = self._get(to_wallet, "to_wallet")
             if source.available < amount:
                 raise cannot_pay(from_wallet, amount, source.available)
+            if target.balance + amount > MAX_MICRO:
+                raise past_the_largest_balance(to_wallet)
             source = self._set(source, balance=source.balance - amount)
             target = self._set(target, balance=target.balance + amount)
             for wallet, signed in ((source, -amount), (target, amount)):
@@ -159,10 +168,14 @@ class MemoryStore(Store):
         async with self._lock:
             self._check_open()
             wallet = self._wallets.get(wallet_id)
+            left = self._key_left(key_id)
+            if left is not None and left < minimum:
+                raise key_limit_reached(left)
             if wallet is None or wallet.available < minimum:
                 return None
-            amount = min(maximum, wallet.available)
+            amount = min(maximum, wallet.available, maximum if left is None else left)
             self._set(wallet, reserved=wallet.reserved + amount)
+            self._hold_key(key_id, amount)
             now = time.time()
             reservation = Reservation(
                 unique_id("r_"),
@@ -179,22 +192,20 @@ class MemoryStore(Store):
     async def extend(
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
-        """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
         check_bounds(minimum, maximum)
         async with self._lock:
             self._check_open()
             held = self._reservations.get(reservation.id)
             wallet = self._wallets.get(reservation.wallet_id)
-            if held is None or wallet is None or min(maximum, wallet.available) < minimum:
+            if held is None or wallet is None:
                 return None
-            amount = min(maximum, wallet.available)
+            left = self._key_left(held.key_id)
+            amount = min(maximum, wallet.available, maximum if left is None else left)
+            if amount < minimum:
+                return None
             self._set(wallet, reserved=wallet.reserved + amount)
-            lease = reservation.expires_at - reservation.created_at
-            held = dataclasses.replace(
-                held,
-                amount=held.amount + amount,
-                expires_at=max(held.expires_at, time.time() + lease),
-            )
+            self._hold_key(held.key_id, amount)
+            held = dataclasses.replace(held, amount=held.amount + amount)
             self._reservations[held.id] = held
             return dataclasses.replace(reservation, amount=held.amount, expires_at=held.expires_at)
 
@@ -202,23 +213,25 @@ class MemoryStore(Store):
         check_settle(reservation, usage, cost)
         async with self._lock:
             self._check_open()
-            held = self._reservations.get(reservation.id)
-            if held is None:  # released by recovery: record what happened, charge nothing
-                written = dataclasses.replace(
-                    usage, cost=0, shortfall=cost, extra=dict(usage.extra)
-                )
-                if not self._put_usage(written):
-                    return _copy(self._usage[usage.request_id])  # settled before: idempotent
-                return dataclasses.replace(written, extra=dict(usage.extra))
             previous = self._usage.get(usage.request_id)
+            held = self._reservations.get(reservation.id)
             if previous is not None and previous.status != UsageStatus.ABANDONED:
+                if held is None:
+                    return _copy(previous)  # settled before: settling is idempotent
                 raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
-            wallet = self._wallets[held.wallet_id]
-            charge = max(0, min(cost, wallet.balance - (wallet.reserved - held.amount)))
+            # a reservation released meanwhile is settled from what is free now
+            amount = 0 if held is None else held.amount
+            wallet = self._wallets[reservation.wallet_id]
+            charge = max(0, min(cost, wallet.available + amount))
+            left = self._key_left(usage.key_id)
+            if left is not None:
+                charge = max(0, min(charge, left + amount))
             wallet = self._set(
-                wallet, balance=wallet.balance - charge, reserved=wallet.reserved - held.amount
+                wallet, balance=wallet.balance - charge, reserved=wallet.reserved - amount
             )
-            del self._reservations[held.id]
+            if held is not None:
+                del self._reservations[held.id]
+                self._hold_key(held.key_id, -amount)
             if charge:
                 self._append(
                     wallet.id, "charge", -charge, wallet.balance, request_id=usage.request_id
@@ -232,18 +245,31 @@ class MemoryStore(Store):
             self._put_usage(written)
             return dataclasses.replace(written, extra=dict(usage.extra))
 
-    async def release_expired(self, now: float, *, all_: bool = False) -> int:
+    async def renew(self, reservation_ids: Sequence[str], lease_s: float) -> int:
         async with self._lock:
             self._check_open()
+            expires = time.time() + lease_s
+            renewed = 0
+            for rid in reservation_ids:
+                held = self._reservations.get(rid)
+                if held is not None:
+                    self._reservations[rid] = dataclasses.replace(held, expires_at=expires)
+                    renewed += 1
+            return renewed
+
+    async def release_expired(self, *, all_: bool = False) -> int:
+        async with self._lock:
+            self._check_open()
+            now = time.time()
             expired = [r for r in self._reservations.values() if all_ or r.expires_at < now]
-            stamp = time.time()
             for held in expired:
                 del self._reservations[held.id]
                 wallet = self._wallets[held.wallet_id]
                 self._set(wallet, reserved=wallet.reserved - held.amount)
+                self._hold_key(held.key_id, -held.amount)
                 if held.request_id not in self._usage:
                     self._usage[held.request_id] = abandoned(
-                        held.request_id, held.key_id, held.wallet_id, stamp
+                        held.request_id, held.key_id, held.wallet_id, now
                     )
             return len(expired)
 
@@ -297,6 +323,18 @@ class MemoryStore(Store):
             return key
 
     # -- helpers (call with the lock held) ---------------------------------------------------
+    def _key_left(self, key_id: str | None) -> int | None:
+        """What a key's spend limit leaves beyond its spend and holds; None: no limit."""
+        key = self._keys.get(key_id) if key_id is not None else None
+        if key is None or key.spend_limit is None:
+            return None
+        return key.spend_limit - key.spent - self._key_reserved.get(key.id, 0)
+
+    def _hold_key(self, key_id: str | None, amount: int) -> None:
+        key = self._keys.get(key_id) if key_id is not None else None
+        if key is not None and key.spend_limit is not None:
+            self._key_reserved[key.id] = self._key_reserved.get(key.id, 0) + amount
+
     def _get(self, wallet_id: str, param: str) -> Wallet:
         wallet = self._wallets.get(wallet_id)
         if wallet is None:

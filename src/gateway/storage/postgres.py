@@ -5,11 +5,14 @@ when several processes write at once:
 
 - ``reserve``, ``extend`` and ``settle`` are each ONE statement (one round trip, atomic on its
   own): chains of data-modifying CTEs that first lock the rows they depend on (``FOR UPDATE``
-  on reservations, ``FOR NO KEY UPDATE`` on wallets, which leaves foreign-key checks of other
-  inserts unblocked) and compute the new values from those locked, latest row versions;
+  on reservations, ``FOR NO KEY UPDATE`` on wallets and keys, which leaves foreign-key checks
+  of other inserts unblocked) and compute the new values from those locked, latest row
+  versions; a key's spend limit is held in the same statement as its wallet;
 - the lock order is always reservation, then wallet, then key; transfers lock both wallets in
   id order; ``release_expired`` takes reservations with ``FOR UPDATE SKIP LOCKED`` and then
-  their wallets in id order, so concurrent instances neither deadlock nor release twice;
+  their wallets and keys in id order, so concurrent instances neither deadlock nor release
+  twice;
+- leases are decided by the database's clock (``clock_timestamp()``), not the instances';
 - a reservation is settled or released exactly once: whoever locks its row first deletes it,
   the other finds it gone;
 - one process sends at most one ``reserve``/``extend``/``settle`` per wallet at a time
@@ -43,6 +46,7 @@ import asyncpg
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.ids import unique_id
+from gateway.money import MAX_MICRO
 from gateway.storage import postgres_sql as sql
 from gateway.storage.base import (
     ApiKey,
@@ -62,7 +66,9 @@ from gateway.storage.rules import (
     cannot_pay,
     check_bounds,
     check_settle,
+    key_limit_reached,
     new_transfer,
+    past_the_largest_balance,
 )
 
 __all__ = ["PostgresStore"]
@@ -174,6 +180,12 @@ class PostgresStore(Store):
         async with self._connection() as conn:
             return await conn.fetchval(sql, *args)
 
+    async def _fetchval_status(self, sql: str, *args: object) -> str:
+        """Run a statement; its status line (``UPDATE 3``)."""
+        async with self._connection() as conn:
+            status: str = await conn.execute(sql, *args)
+            return status
+
     # -- wallets and money -----------------------------------------------------------------
     async def create_wallet(self, name: str, balance: int = 0) -> Wallet:
         if balance < 0:
@@ -212,6 +224,13 @@ class PostgresStore(Store):
         current = await self.get_wallet(wallet_id)
         if current is None:
             raise NotFound(f"no wallet {wallet_id!r}", param="wallet_id")
+        if idempotency_key is None or not await self._fetchval(
+            "SELECT EXISTS (SELECT FROM ledger "
+            "WHERE wallet_id = $1 AND kind = 'credit' AND idempotency_key = $2)",
+            wallet_id,
+            idempotency_key,
+        ):
+            raise past_the_largest_balance(wallet_id)
         return current, False  # the key was seen: a replay returns the wallet as it is now
 
     async def transfer(
@@ -232,16 +251,18 @@ class PostgresStore(Store):
                     return Transfer(*seen), False
             # Both wallets locked in id order: two opposite transfers cannot deadlock.
             rows: list[_Row] = await conn.fetch(
-                "SELECT id, balance - reserved FROM wallets WHERE id = ANY($1::text[]) "
+                "SELECT id, balance, balance - reserved FROM wallets WHERE id = ANY($1::text[]) "
                 "ORDER BY id FOR NO KEY UPDATE",
                 [from_wallet, to_wallet],
             )
-            available: dict[str, int] = {row[0]: row[1] for row in rows}
+            found: dict[str, tuple[int, int]] = {row[0]: (row[1], row[2]) for row in rows}
             for wallet_id, param in ((from_wallet, "from_wallet"), (to_wallet, "to_wallet")):
-                if wallet_id not in available:
+                if wallet_id not in found:
                     raise NotFound(f"no wallet {wallet_id!r}", param=param)
-            if available[from_wallet] < amount:
-                raise cannot_pay(from_wallet, amount, available[from_wallet])
+            if found[from_wallet][1] < amount:
+                raise cannot_pay(from_wallet, amount, found[from_wallet][1])
+            if found[to_wallet][0] > MAX_MICRO - amount:
+                raise past_the_largest_balance(to_wallet)
             args = (*dataclasses.astuple(transfer), memo)
             if await conn.fetchval(sql.TRANSFER_MOVE, *args):
                 return transfer, True
@@ -270,11 +291,15 @@ class PostgresStore(Store):
     ) -> Reservation | None:
         check_bounds(minimum, maximum)
         rid, now = unique_id("r_"), time.time()
-        expires = now + lease_s
         async with self._turns.of(wallet_id):
-            amount = await self._fetchval(
-                sql.RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, expires
+            row = _present(
+                await self._fetchrow(
+                    sql.RESERVE, rid, wallet_id, key_id, minimum, maximum, request_id, now, lease_s
+                )
             )
+        amount, expires, key_left = row
+        if key_left is not None and key_left < minimum:
+            raise key_limit_reached(key_left)
         if amount is None:
             return None
         return Reservation(rid, wallet_id, key_id, request_id, int(amount), now, expires)
@@ -282,14 +307,12 @@ class PostgresStore(Store):
     async def extend(
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
-        """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
         check_bounds(minimum, maximum)
-        expires = time.time() + (reservation.expires_at - reservation.created_at)
         async with self._turns.of(reservation.wallet_id):
-            row = await self._fetchrow(sql.EXTEND, reservation.id, minimum, maximum, expires)
-        if row is None:
+            amount = await self._fetchval(sql.EXTEND, reservation.id, minimum, maximum)
+        if amount is None:
             return None
-        return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
+        return dataclasses.replace(reservation, amount=int(amount))
 
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
         check_settle(reservation, usage, cost)
@@ -299,9 +322,7 @@ class PostgresStore(Store):
         async with self._turns.of(reservation.wallet_id):
             row = _present(await self._fetchrow(sql.SETTLE, reservation.id, *params, time.time()))
         held, charge = bool(row[0]), row[1]
-        if charge is not None:
-            if not held:  # released by recovery: recorded, nothing charged
-                return dataclasses.replace(usage, cost=0, shortfall=cost)
+        if charge is not None:  # written (from what was free, if the lease had ended)
             return dataclasses.replace(usage, cost=charge, shortfall=cost - charge)
         if held:
             raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
@@ -311,14 +332,19 @@ class PostgresStore(Store):
         )
         return _usage(_present(first))
 
-    async def release_expired(self, now: float, *, all_: bool = False) -> int:
-        where = "" if all_ else "WHERE expires_at < $1"
+    async def renew(self, reservation_ids: Sequence[str], lease_s: float) -> int:
+        if not reservation_ids:
+            return 0
+        status: str = await self._fetchval_status(sql.RENEW, sorted(reservation_ids), lease_s)
+        return int(status.rsplit(" ", 1)[-1])
+
+    async def release_expired(self, *, all_: bool = False) -> int:
+        where = "" if all_ else f"WHERE expires_at < {sql.NOW}"
         pick = sql.RELEASE_PICK.format(where=where, limit=_RELEASE_BATCH)
-        args: tuple[object, ...] = () if all_ else (now,)
         total = 0
         while True:
             async with self._connection() as conn, conn.transaction():
-                released: list[_Row] = await conn.fetch(pick, *args)
+                released: list[_Row] = await conn.fetch(pick)
                 if released:
                     await _release(conn, released)
             total += len(released)
@@ -541,6 +567,13 @@ async def _release(conn: Any, released: Sequence[_Row]) -> None:
         "SELECT FROM wallets WHERE id = ANY($1::text[]) ORDER BY id FOR NO KEY UPDATE", wallet_ids
     )
     await conn.execute(sql.RELEASE_WALLETS, wallet_ids, [held[w] for w in wallet_ids])
+    keys: dict[str, int] = {}
+    for row in released:
+        if row["key_id"] is not None:
+            keys[row["key_id"]] = keys.get(row["key_id"], 0) + row["amount"]
+    if keys:
+        key_ids = sorted(keys)
+        await conn.execute(sql.RELEASE_KEYS, key_ids, [keys[k] for k in key_ids])
     await conn.execute(
         sql.ABANDONED,
         [row["request_id"] for row in released],

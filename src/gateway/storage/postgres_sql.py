@@ -3,6 +3,7 @@ round trip (:mod:`gateway.storage.postgres` runs them)."""
 
 from __future__ import annotations
 
+from gateway.money import MAX_MICRO
 from gateway.storage.base import UsageStatus
 from gateway.storage.rules import KEY_COLUMNS, TRANSFER_COLUMNS, USAGE_COLUMNS, WALLET_COLUMNS
 
@@ -13,12 +14,18 @@ __all__ = [
     "CREDIT",
     "EXTEND",
     "MIGRATIONS",
+    "RELEASE_KEYS",
     "RELEASE_PICK",
     "RELEASE_WALLETS",
+    "RENEW",
     "RESERVE",
     "SETTLE",
     "TRANSFER_MOVE",
 ]
+
+#: The database's clock in seconds since the epoch: leases are decided by one clock, whatever
+#: the instances' clocks say.
+NOW = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 
 # Ordered schema steps, each recorded in ``schema_migrations`` once applied. Append new steps;
 # never edit a released one.
@@ -106,6 +113,19 @@ MIGRATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        # A key's spend limit is held like a wallet: what its reservations hold, beside spent.
+        "key_holds",
+        (
+            "ALTER TABLE keys ADD COLUMN reserved BIGINT NOT NULL DEFAULT 0",
+            """UPDATE keys SET reserved = s.amount
+            FROM (
+                SELECT key_id, SUM(amount) AS amount FROM reservations
+                WHERE key_id IS NOT NULL GROUP BY key_id
+            ) AS s
+            WHERE keys.id = s.key_id AND keys.spend_limit IS NOT NULL""",
+        ),
+    ),
 )
 
 # A usage record replaces an ``abandoned`` one (the request outlived its lease) but nothing else.
@@ -128,7 +148,8 @@ SELECT {WALLET_COLUMNS} FROM w"""
 # NOT EXISTS, and the unique index refuses the second ledger row (and with it the statement).
 CREDIT = f"""
 WITH w AS (
-    UPDATE wallets SET balance = balance + $2 WHERE id = $1 AND NOT EXISTS (
+    UPDATE wallets SET balance = balance + $2
+    WHERE id = $1 AND balance <= {MAX_MICRO} - $2::bigint AND NOT EXISTS (
         SELECT FROM ledger WHERE wallet_id = $1 AND kind = 'credit' AND idempotency_key = $3
     ) RETURNING {WALLET_COLUMNS}
 ), entry AS (
@@ -155,67 +176,98 @@ WITH t AS (
 )
 SELECT count(*) FROM t"""
 
-# The hold is computed from the locked (latest) wallet row, and the new values are set from that
-# row too, never from the UPDATE's own view of it: under concurrency the UPDATE first sees the
+# The hold is computed from the locked (latest) rows, and the new values are set from those rows
+# too, never from the UPDATE's own view of them: under concurrency the UPDATE first sees the
 # version of its snapshot, and PostgreSQL checks constraints on the row it would make of that
 # version before it moves to the latest one (``wallets_check`` would fail on a row that is never
-# written). The reservation row is written only when the hold was.
-RESERVE = """
+# written). A key with a spend limit is held in the same statement (locked after its wallet);
+# the reservation row is written only when the hold was. The last column tells a key's limit
+# that could not cover the minimum from a wallet that could not.
+RESERVE = f"""
 WITH w AS (
-    SELECT id, reserved, LEAST($5::bigint, balance - reserved) AS amount FROM wallets
-    WHERE id = $2 AND balance - reserved >= $4::bigint FOR NO KEY UPDATE
+    SELECT id, reserved, balance - reserved AS free FROM wallets WHERE id = $2 FOR NO KEY UPDATE
+), k AS (
+    SELECT id, reserved, spend_limit - spent - reserved AS key_left FROM keys
+    WHERE id = $3 AND spend_limit IS NOT NULL FOR NO KEY UPDATE
+), pick AS (
+    SELECT w.id, w.reserved, LEAST($5::bigint, w.free, COALESCE(k.key_left, $5::bigint)) AS amount
+    FROM w LEFT JOIN k ON TRUE
 ), hold AS (
-    UPDATE wallets SET reserved = w.reserved + w.amount FROM w
-    WHERE wallets.id = w.id RETURNING w.amount
+    UPDATE wallets SET reserved = pick.reserved + pick.amount FROM pick
+    WHERE wallets.id = pick.id AND pick.amount >= $4::bigint RETURNING pick.amount
+), key_hold AS (
+    UPDATE keys SET reserved = k.reserved + hold.amount FROM k, hold WHERE keys.id = k.id
+), r AS (
+    INSERT INTO reservations (id, wallet_id, key_id, request_id, amount, created_at, expires_at)
+    SELECT $1, $2, $3, $6, amount, $7, {NOW} + $8 FROM hold RETURNING amount, expires_at
 )
-INSERT INTO reservations (id, wallet_id, key_id, request_id, amount, created_at, expires_at)
-SELECT $1, $2, $3, $6, amount, $7, $8 FROM hold RETURNING amount"""
+SELECT (SELECT amount FROM r), (SELECT expires_at FROM r), (SELECT key_left FROM k)"""
 
 EXTEND = """
 WITH r AS (
-    SELECT wallet_id, amount, expires_at FROM reservations WHERE id = $1 FOR UPDATE
+    SELECT wallet_id, key_id, amount FROM reservations WHERE id = $1 FOR UPDATE
 ), w AS (
-    SELECT w.id, w.reserved, LEAST($3::bigint, w.balance - w.reserved) AS amount
-    FROM wallets w JOIN r ON w.id = r.wallet_id
-    WHERE w.balance - w.reserved >= $2::bigint FOR NO KEY UPDATE OF w
+    SELECT w.id, w.reserved, w.balance - w.reserved AS free
+    FROM wallets w JOIN r ON w.id = r.wallet_id FOR NO KEY UPDATE OF w
+), k AS (
+    SELECT k.id, k.reserved, k.spend_limit - k.spent - k.reserved AS key_left
+    FROM keys k JOIN r ON k.id = r.key_id WHERE k.spend_limit IS NOT NULL FOR NO KEY UPDATE OF k
+), pick AS (
+    SELECT w.id, w.reserved, LEAST($3::bigint, w.free, COALESCE(k.key_left, $3::bigint)) AS amount
+    FROM w LEFT JOIN k ON TRUE
 ), hold AS (
-    UPDATE wallets SET reserved = w.reserved + w.amount FROM w
-    WHERE wallets.id = w.id RETURNING w.amount
+    UPDATE wallets SET reserved = pick.reserved + pick.amount FROM pick
+    WHERE wallets.id = pick.id AND pick.amount >= $2::bigint RETURNING pick.amount
+), key_hold AS (
+    UPDATE keys SET reserved = k.reserved + hold.amount FROM k, hold WHERE keys.id = k.id
 )
-UPDATE reservations
-SET amount = r.amount + hold.amount, expires_at = GREATEST(r.expires_at, $4::float8)
-FROM hold, r WHERE reservations.id = $1 RETURNING reservations.amount, reservations.expires_at"""
+UPDATE reservations SET amount = r.amount + hold.amount
+FROM hold, r WHERE reservations.id = $1 RETURNING reservations.amount"""
 
-# Locks the reservation, then its wallet; writes the usage record first and moves money only if
-# it was written (else nothing changes: a Conflict, or a repeated settle of a released hold).
+# Locks the reservation, then the wallet, then the key; charges at most what the wallet and the
+# key's limit have free beside the reservation's hold (all they have free, for a reservation
+# released meanwhile); writes the usage record first and moves money only if it was written
+# (else nothing changes: a Conflict, or a repeated settle).
 SETTLE = f"""
 WITH r AS (
-    SELECT wallet_id, amount FROM reservations WHERE id = $1 FOR UPDATE
+    SELECT amount FROM reservations WHERE id = $1 FOR UPDATE
 ), w AS (
-    SELECT w.id, w.balance, w.reserved, r.amount AS held,
-           GREATEST(0, LEAST($12::bigint, w.balance - w.reserved + r.amount)) AS charge
-    FROM wallets w JOIN r ON w.id = r.wallet_id FOR NO KEY UPDATE OF w
+    SELECT id, balance, reserved, COALESCE((SELECT amount FROM r), 0) AS held
+    FROM wallets WHERE id = $4 FOR NO KEY UPDATE
+), k AS (
+    SELECT id, spent, reserved, spend_limit - spent - reserved AS key_left
+    FROM keys WHERE id = $3 FOR NO KEY UPDATE
+), c AS (
+    SELECT w.held, GREATEST(0, LEAST(
+        $12::bigint, w.balance - w.reserved + w.held, COALESCE(k.key_left + w.held, $12::bigint)
+    )) AS charge
+    FROM w LEFT JOIN k ON TRUE
 ), u AS (
     INSERT INTO usage ({USAGE_COLUMNS})
     SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, c.charge, $12 - c.charge, $13, $14, $15, $16
-    FROM (SELECT COALESCE((SELECT charge FROM w), 0) AS charge) AS c
+    FROM c
     {ON_USAGE_CONFLICT}
     RETURNING cost
 ), gone AS (
-    DELETE FROM reservations WHERE id = $1 AND EXISTS (SELECT FROM u) AND EXISTS (SELECT FROM w)
-    RETURNING id
+    DELETE FROM reservations WHERE id = $1 AND EXISTS (SELECT FROM u) RETURNING id
 ), paid AS (
-    UPDATE wallets SET balance = w.balance - w.charge, reserved = w.reserved - w.held
-    FROM w WHERE wallets.id = w.id AND EXISTS (SELECT FROM gone)
-    RETURNING wallets.id, wallets.balance, w.charge
+    UPDATE wallets SET balance = w.balance - c.charge, reserved = w.reserved - c.held
+    FROM w, c WHERE wallets.id = w.id AND EXISTS (SELECT FROM u)
+    RETURNING wallets.id, wallets.balance, c.charge
 ), entry AS (
     INSERT INTO ledger (wallet_id, kind, amount, balance_after, request_id, created_at)
     SELECT id, 'charge', -charge, balance, $2, $17 FROM paid WHERE charge > 0
 ), spent AS (
-    UPDATE keys SET spent = keys.spent + paid.charge FROM paid
-    WHERE keys.id = $3 AND paid.charge > 0
+    UPDATE keys SET spent = k.spent + c.charge, reserved = CASE
+        WHEN keys.spend_limit IS NULL THEN k.reserved ELSE GREATEST(0, k.reserved - c.held) END
+    FROM k, c WHERE keys.id = k.id AND EXISTS (SELECT FROM u)
+    AND (c.charge > 0 OR (c.held > 0 AND keys.spend_limit IS NOT NULL))
 )
 SELECT EXISTS (SELECT FROM r) AS held, (SELECT cost FROM u) AS charge"""
+
+RENEW = f"""
+UPDATE reservations SET expires_at = {NOW} + $2
+WHERE id = ANY($1::text[])"""
 
 RELEASE_PICK = """
 WITH picked AS (
@@ -228,6 +280,11 @@ RETURNING reservations.wallet_id, reservations.key_id, reservations.request_id,
 RELEASE_WALLETS = """
 UPDATE wallets SET reserved = wallets.reserved - s.amount
 FROM unnest($1::text[], $2::bigint[]) AS s (id, amount) WHERE wallets.id = s.id"""
+
+RELEASE_KEYS = """
+UPDATE keys SET reserved = GREATEST(0, keys.reserved - s.amount)
+FROM unnest($1::text[], $2::bigint[]) AS s (id, amount)
+WHERE keys.id = s.id AND keys.spend_limit IS NOT NULL"""
 
 ABANDONED = f"""
 INSERT INTO usage ({USAGE_COLUMNS})

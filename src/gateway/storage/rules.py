@@ -1,13 +1,14 @@
-"""Rules every storage engine applies the same way: argument checks, the refusal for a wallet
-that cannot pay, the record of an abandoned request, and a new transfer."""
+"""Rules every storage engine applies the same way: argument checks, the refusals for a wallet
+that cannot pay, a key whose limit cannot and a balance past the largest amount, the record of
+an abandoned request, and a new transfer."""
 
 from __future__ import annotations
 
 import secrets
 import time
 
-from gateway.errors import InsufficientQuota, InvalidRequest
-from gateway.money import format_micro
+from gateway.errors import InsufficientQuota, InvalidRequest, PermissionDenied
+from gateway.money import MAX_MICRO, format_micro
 from gateway.storage.base import Reservation, Transfer, Usage, UsageStatus
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "cannot_pay",
     "check_bounds",
     "check_settle",
+    "key_limit_reached",
     "new_transfer",
+    "past_the_largest_balance",
 ]
 
 # The SQL engines' tables share these columns, listed in the order of the record dataclasses'
@@ -58,6 +61,24 @@ def cannot_pay(wallet_id: str, amount: int, available: int) -> InsufficientQuota
     return InsufficientQuota(
         f"wallet {wallet_id!r} cannot pay {format_micro(amount)} credits "
         f"(available: {format_micro(available)})"
+    )
+
+
+def key_limit_reached(left: int) -> PermissionDenied:
+    """The refusal for a request its key's spend limit cannot cover (``left``: what it leaves)."""
+    if left <= 0:
+        return PermissionDenied("This key has reached its spend limit.", code="spend_limit_reached")
+    return PermissionDenied(
+        f"This key's spend limit cannot cover this request ({format_micro(left)} credits left).",
+        code="spend_limit_reached",
+    )
+
+
+def past_the_largest_balance(wallet_id: str, param: str = "amount") -> InvalidRequest:
+    return InvalidRequest(
+        f"this would take the balance of wallet {wallet_id!r} past the largest amount "
+        f"({format_micro(MAX_MICRO)} credits)",
+        param=param,
     )
 
 

@@ -24,6 +24,7 @@ import aiosqlite
 
 from gateway.errors import Conflict, InvalidRequest, NotFound, StorageUnavailable
 from gateway.ids import unique_id
+from gateway.money import MAX_MICRO
 from gateway.storage.base import (
     ApiKey,
     LedgerEntry,
@@ -31,10 +32,11 @@ from gateway.storage.base import (
     Store,
     Transfer,
     Usage,
+    UsageStatus,
     Wallet,
 )
 from gateway.storage.checkpoints import Checkpointer
-from gateway.storage.holds import Holds
+from gateway.storage.holds import Holds, Short, key_account
 from gateway.storage.rules import (
     ENTRY_COLUMNS,
     KEY_COLUMNS,
@@ -45,7 +47,9 @@ from gateway.storage.rules import (
     cannot_pay,
     check_bounds,
     check_settle,
+    key_limit_reached,
     new_transfer,
+    past_the_largest_balance,
 )
 from gateway.storage.sqlite_schema import MIGRATIONS, UPSERT_PLAIN_USAGE, UPSERT_USAGE
 from gateway.storage.sqlite_writer import (
@@ -72,6 +76,8 @@ ROW_AFTER_S = 1.0
 #: taken as used: a small ledger never fills it.
 CACHE_KIB = 64 * 1024
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
+#: Ids bound in one ``IN (...)`` (SQLite allows 32,766 variables a statement).
+_IN_BATCH = 500
 
 
 class SQLiteStore(Store):
@@ -265,10 +271,13 @@ class SQLiteStore(Store):
                         )
                     ), False
             rows = conn.execute(
-                f"UPDATE wallets SET balance = balance + ? WHERE id = ? RETURNING {WALLET_COLUMNS}",
-                (amount, wallet_id),
+                f"UPDATE wallets SET balance = balance + ? WHERE id = ? AND balance <= ? - ? "
+                f"RETURNING {WALLET_COLUMNS}",
+                (amount, wallet_id, MAX_MICRO, amount),
             ).fetchall()
             if not rows:
+                if conn.execute("SELECT 1 FROM wallets WHERE id = ?", (wallet_id,)).fetchall():
+                    raise past_the_largest_balance(wallet_id)
                 raise NotFound(f"no wallet {wallet_id!r}", param="wallet_id")
             wallet = Wallet(*rows[0])
             _add_entry(
@@ -298,25 +307,28 @@ class SQLiteStore(Store):
                 ).fetchall()
                 if seen:
                     return Transfer(*seen[0]), False
-            found = dict(
-                conn.execute(
-                    "SELECT id, balance - reserved FROM wallets WHERE id IN (?, ?)",
+            found = {
+                wallet_id: (balance, free)
+                for wallet_id, balance, free in conn.execute(
+                    "SELECT id, balance, balance - reserved FROM wallets WHERE id IN (?, ?)",
                     (from_wallet, to_wallet),
                 ).fetchall()
-            )
+            }
             for wallet_id, param in ((from_wallet, "from_wallet"), (to_wallet, "to_wallet")):
                 if wallet_id not in found:
                     raise NotFound(f"no wallet {wallet_id!r}", param=param)
-            available = found[from_wallet] - self._holds.unwritten(from_wallet)
+            available = found[from_wallet][1] - self._holds.unwritten(from_wallet)
             if available < amount:
                 raise cannot_pay(from_wallet, amount, available)
+            if found[to_wallet][0] > MAX_MICRO - amount:
+                raise past_the_largest_balance(to_wallet)
             debited = conn.execute(
                 "UPDATE wallets SET balance = balance - ? WHERE id = ? AND balance - reserved >= ? "
                 "RETURNING balance",
                 (amount, from_wallet, amount),
             ).fetchall()
             if not debited:
-                raise cannot_pay(from_wallet, amount, found[from_wallet])
+                raise cannot_pay(from_wallet, amount, found[from_wallet][1])
             self._holds.seen(from_wallet, None)
             self._holds.seen(to_wallet, None)
             credited = _one(
@@ -360,18 +372,21 @@ class SQLiteStore(Store):
         maximum: int,
         lease_s: float,
     ) -> Reservation | None:
-        """Decided here, against what this process knows of the wallet. The reservation row
-        is written only for a request still running after ``ROW_AFTER_S`` (or extended): a
-        quicker one is settled without ever having one."""
+        """Decided here, against what this process knows of the wallet and the key. The
+        reservation row is written only for a request still running after ``ROW_AFTER_S`` (or
+        extended): a quicker one is settled without ever having one."""
         check_bounds(minimum, maximum)
         holds = self._holds
         rid = unique_id("r_")
-        amount = holds.take(rid, wallet_id, minimum, maximum)
-        if amount is None:  # not known yet, or short: read it (another process may credit)
-            if not await self._read_available(wallet_id):
+        amount = holds.take(rid, wallet_id, key_id, minimum, maximum)
+        if isinstance(amount, Short):  # read the figures (another process may credit), again
+            if not await self._read_available(wallet_id, key_id):
                 return None
-            amount = holds.take(rid, wallet_id, minimum, maximum)
-            if amount is None:
+            amount = holds.take(rid, wallet_id, key_id, minimum, maximum)
+            if amount is Short.KEY:
+                assert key_id is not None
+                raise key_limit_reached(holds.key_left(key_id))
+            if isinstance(amount, Short):
                 return None
         now = time.time()
         reservation = Reservation(rid, wallet_id, key_id, request_id, amount, now, now + lease_s)
@@ -392,8 +407,10 @@ class SQLiteStore(Store):
         """Write the reservation's row, behind (not waited for), if it has none: its request
         is still running after ``ROW_AFTER_S``, it grows, or its lease is being released."""
         entry = self._rowless.pop(reservation.id, None)
-        if entry is not None and entry[0] is not None:
-            entry[0].cancel()
+        if entry is not None:
+            if entry[0] is not None:
+                entry[0].cancel()
+            reservation = entry[1]  # as last renewed
         op = self._row_op(reservation)
         if op is not None:
             with contextlib.suppress(StorageUnavailable):  # closed: nothing to write to
@@ -405,7 +422,7 @@ class SQLiteStore(Store):
         entry = self._rowless.get(reservation.id)
         if entry is not None and entry[0] is not None:
             entry[0].cancel()
-            self._rowless[reservation.id] = (None, reservation)
+            self._rowless[reservation.id] = (None, entry[1])
 
     def _row_op(self, reservation: Reservation) -> Op | None:
         """The write of a reservation's row, if it has none yet and is not settled."""
@@ -413,7 +430,7 @@ class SQLiteStore(Store):
         claimed = holds.claim_row(reservation.id)
         if claimed is None:
             return None
-        wallet_id, amount = claimed
+        wallet_id, amount = claimed.wallet, claimed.amount
         r = reservation
 
         def tx(conn: sqlite3.Connection) -> None:
@@ -431,65 +448,75 @@ class SQLiteStore(Store):
                 (r.id, wallet_id, r.key_id, r.request_id, row, r.created_at, r.expires_at),
             )
             _hold(conn, wallet_id, row)
-            holds.wrote(wallet_id, amount)
+            holds.wrote(claimed)
             holds.seen(wallet_id, balance - reserved - row)
+            if claimed.key is not None:
+                holds.seen(claimed.key, _hold_key(conn, r.key_id, row))
 
         writer = self._open()
 
         def lost(error: BaseException) -> None:  # in the worker
-            holds.lost(r.id, wallet_id, amount)
+            holds.lost(r.id, claimed)
             if isinstance(error, sqlite3.Error) and not isinstance(error, BUGS):
                 writer.unwritable = True
 
         return Op(tx, lost)
 
-    async def _read_available(self, wallet_id: str) -> bool:
-        """Read the wallet's ``balance - reserved`` into the holds; False: no such wallet."""
+    async def _read_available(self, wallet_id: str, key_id: str | None) -> bool:
+        """Read the wallet's ``balance - reserved``, and what the key's spend limit leaves,
+        into the holds; False: no such wallet."""
 
         def read(conn: sqlite3.Connection) -> bool:
             rows = conn.execute(
                 "SELECT balance - reserved FROM wallets WHERE id = ?", (wallet_id,)
             ).fetchall()
-            if rows:
-                self._holds.read(wallet_id, rows[0][0])
-            return bool(rows)
+            if not rows:
+                return False
+            self._holds.read(wallet_id, rows[0][0])
+            if key_id is not None:
+                self._holds.read(key_account(key_id), _key_left(conn, key_id))
+            return True
 
         return await self._read(read)
 
     async def extend(
         self, reservation: Reservation, *, minimum: int, maximum: int
     ) -> Reservation | None:
-        """Also renews the lease: ``expires_at`` moves to at least now + the original lease."""
         check_bounds(minimum, maximum)
-        expires = time.time() + (reservation.expires_at - reservation.created_at)
-        wallet_id = reservation.wallet_id
+        wallet_id, key_id = reservation.wallet_id, reservation.key_id
         self._write_row_now(reservation)  # the row first (queued before), then its growth
+        holds = self._holds
 
-        def tx(conn: sqlite3.Connection) -> Row | None:
+        def tx(conn: sqlite3.Connection) -> int | None:
             avail = conn.execute(
                 "SELECT balance - reserved FROM wallets WHERE id = ?", (wallet_id,)
             ).fetchall()
             if not avail:
                 return None
-            available = avail[0][0] - self._holds.unwritten(wallet_id)
-            if min(maximum, available) < minimum:
-                return None
+            available = avail[0][0] - holds.unwritten(wallet_id)
+            key = None if key_id is None else key_account(key_id)
+            left = None if key_id is None else _key_left(conn, key_id)
+            if key is not None and left is not None:
+                available = min(available, left - holds.unwritten(key))
             amount = min(maximum, available)
+            if amount < minimum:
+                return None
             rows = conn.execute(
-                "UPDATE reservations SET amount = amount + ?, expires_at = MAX(expires_at, ?) "
-                "WHERE id = ? RETURNING amount, expires_at",
-                (amount, expires, reservation.id),
+                "UPDATE reservations SET amount = amount + ? WHERE id = ? RETURNING amount",
+                (amount, reservation.id),
             ).fetchall()
             if not rows:  # released meanwhile
                 return None
             _hold(conn, wallet_id, amount)
-            self._holds.seen(wallet_id, avail[0][0] - amount)
-            return cast(Row, rows[0])
+            holds.seen(wallet_id, avail[0][0] - amount)
+            if key is not None and left is not None:
+                holds.seen(key, _hold_key(conn, key_id, amount))
+            return int(rows[0][0])
 
-        row = await self._write(tx)
-        if row is None:
+        total = await self._write(tx)
+        if total is None:
             return None
-        return dataclasses.replace(reservation, amount=row[0], expires_at=row[1])
+        return dataclasses.replace(reservation, amount=total)
 
     async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
         written: Usage = await self._write(self._settlement(reservation, usage, cost))
@@ -523,35 +550,37 @@ class SQLiteStore(Store):
 
         def tx(conn: sqlite3.Connection) -> Usage:
             rowless = holds.rowless(reservation.id)
+            amount = 0  # what its row holds: none when it has no row
             if rowless is not None:  # settled before its row was due: none is written
-                holds.settle_rowless(reservation.id, *rowless)
-                held = [(0, rowless[0])]
+                holds.settle_rowless(reservation.id, rowless)
             else:
                 held = conn.execute(
-                    "DELETE FROM reservations WHERE id = ? RETURNING amount, wallet_id",
-                    (reservation.id,),
+                    "DELETE FROM reservations WHERE id = ? RETURNING amount", (reservation.id,)
                 ).fetchall()
-                if not held and holds.is_lost(reservation.id):  # its row could not be written
-                    held = [(0, reservation.wallet_id)]
-            if not held:  # released by recovery: record what happened, charge nothing
-                written = dataclasses.replace(usage, cost=0, shortfall=cost)
-                if _upsert_usage(conn, _usage_params(written)):
-                    return written
-                # settled before: settling is idempotent
-                return _usage(
-                    _one(
-                        conn,
+                if held:
+                    amount = held[0][0]
+                elif not holds.is_lost(reservation.id):  # released by recovery, or settled
+                    first = conn.execute(
                         f"SELECT {USAGE_COLUMNS} FROM usage WHERE request_id = ?",
                         (usage.request_id,),
-                    )
-                )
-            amount, wallet_id = held[0]
+                    ).fetchall()
+                    if first and first[0][7] != UsageStatus.ABANDONED:
+                        return _usage(first[0])  # settled before: settling is idempotent
+                    # released: settled from what the wallet and the key have free now
+            wallet_id, key_id = reservation.wallet_id, reservation.key_id
             balance, reserved = _one(
                 conn, "SELECT balance, reserved FROM wallets WHERE id = ?", (wallet_id,)
             )
             # what the wallet has, leaving alone what other requests hold and have not written
             free = balance - (reserved - amount) - holds.unwritten(wallet_id)
             charge = max(0, min(cost, free))
+            limited = holds.limited(key_id)
+            left: int | None = None
+            if key_id is not None and limited is not False:
+                left = _key_left(conn, key_id)
+                if left is not None:
+                    left += amount - holds.unwritten(key_account(key_id))
+                    charge = max(0, min(charge, left))
             conn.execute(
                 "UPDATE wallets SET balance = balance - ?, reserved = reserved - ? WHERE id = ?",
                 (charge, amount, wallet_id),
@@ -560,10 +589,19 @@ class SQLiteStore(Store):
             if charge:
                 entry = (wallet_id, -charge, balance - charge, usage.request_id, time.time())
                 conn.execute(_CHARGE, entry)
-                if usage.key_id is not None:
-                    conn.execute(
-                        "UPDATE keys SET spent = spent + ? WHERE id = ?", (charge, usage.key_id)
-                    )
+            if left is not None:
+                assert key_id is not None
+                figure = _one(
+                    conn,
+                    "UPDATE keys SET spent = spent + ?, reserved = MAX(0, reserved - ?) "
+                    "WHERE id = ? RETURNING spend_limit - spent - reserved",
+                    (charge, amount, key_id),
+                )[0]
+                holds.seen(key_account(key_id), figure)
+            elif charge and usage.key_id is not None:
+                conn.execute(
+                    "UPDATE keys SET spent = spent + ? WHERE id = ?", (charge, usage.key_id)
+                )
             params[10], params[11] = charge, cost - charge
             if not _upsert_usage(conn, params):
                 raise Conflict(f"usage for request {usage.request_id!r} was already recorded")
@@ -571,7 +609,35 @@ class SQLiteStore(Store):
 
         return tx
 
-    async def release_expired(self, now: float, *, all_: bool = False) -> int:
+    async def renew(self, reservation_ids: Sequence[str], lease_s: float) -> int:
+        expires = time.time() + lease_s
+        renewed = 0
+        with_rows: list[str] = []
+        for rid in reservation_ids:
+            entry = self._rowless.get(rid)
+            if entry is None:
+                with_rows.append(rid)
+            else:
+                self._rowless[rid] = (entry[0], dataclasses.replace(entry[1], expires_at=expires))
+                renewed += 1
+        if not with_rows:
+            return renewed
+
+        def tx(conn: sqlite3.Connection) -> int:
+            count = 0
+            for at in range(0, len(with_rows), _IN_BATCH):
+                batch = with_rows[at : at + _IN_BATCH]
+                count += conn.execute(
+                    f"UPDATE reservations SET expires_at = ? "
+                    f"WHERE id IN ({', '.join('?' * len(batch))})",
+                    (expires, *batch),
+                ).rowcount
+            return count
+
+        return renewed + await self._write(tx)
+
+    async def release_expired(self, *, all_: bool = False) -> int:
+        now = time.time()
         for _, reservation in list(self._rowless.values()):
             if all_ or reservation.expires_at < now:  # released like the rest: row, then release
                 self._write_row_now(reservation)
@@ -588,8 +654,16 @@ class SQLiteStore(Store):
                 "UPDATE wallets SET reserved = reserved - ? WHERE id = ?",
                 [(amount, wallet_id) for wallet_id, _, _, amount in released],
             )
+            keyed = [(amount, key_id) for _, key_id, _, amount in released if key_id is not None]
+            conn.executemany(
+                "UPDATE keys SET reserved = MAX(0, reserved - ?) "
+                "WHERE id = ? AND spend_limit IS NOT NULL",
+                keyed,
+            )
             for wallet_id in {wallet_id for wallet_id, _, _, _ in released}:
                 self._holds.seen(wallet_id, None)  # read again when next needed
+            for _, key_id in keyed:
+                self._holds.seen(key_account(key_id), None)
             stamp = time.time()
             conn.executemany(
                 f"INSERT INTO usage ({USAGE_COLUMNS}) VALUES ({', '.join('?' * 16)}) "
@@ -755,6 +829,27 @@ def _hold(conn: sqlite3.Connection, wallet_id: str, amount: int) -> None:
     )
     if cur.rowcount != 1:  # impossible under the write lock; roll back rather than overdraw
         raise RuntimeError(f"wallet {wallet_id!r} changed inside a transaction")
+
+
+def _key_left(conn: sqlite3.Connection, key_id: str) -> int | None:
+    """What the key's spend limit leaves beyond its spend and written holds; None: no limit
+    (or no key)."""
+    rows = conn.execute(
+        "SELECT spend_limit - spent - reserved FROM keys WHERE id = ?", (key_id,)
+    ).fetchall()
+    return rows[0][0] if rows else None
+
+
+def _hold_key(conn: sqlite3.Connection, key_id: str | None, amount: int) -> int:
+    """Add ``amount`` to the holds of a key with a spend limit; what the limit leaves then."""
+    return int(
+        _one(
+            conn,
+            "UPDATE keys SET reserved = reserved + ? WHERE id = ? "
+            "RETURNING spend_limit - spent - reserved",
+            (amount, key_id),
+        )[0]
+    )
 
 
 def _key(row: Row) -> ApiKey:

@@ -90,6 +90,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at REAL NOT NULL
         )""",
     ),
+    (
+        # A key's spend limit is held like a wallet: what its reservations hold, beside spent.
+        "ALTER TABLE keys ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0",
+        """UPDATE keys SET reserved = (
+            SELECT COALESCE(SUM(amount), 0) FROM reservations WHERE key_id = keys.id
+        ) WHERE spend_limit IS NOT NULL""",
+    ),
 )
 
 
