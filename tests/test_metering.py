@@ -22,8 +22,17 @@ COUNTER = TokenCounter("o200k_base")
 PRICES = Prices(input=1_000_000, output=2_000_000, cached_input=500_000)  # 1 / 2 / 0.5 per token
 
 
-def _meter(prompt_tokens: int = 10, completion_cap: int | None = None) -> Meter:
-    return Meter(COUNTER, PRICES, prompt_tokens=prompt_tokens, completion_cap=completion_cap)
+#: A reservation that pays for any usage these tests report (micro-credits).
+PLENTY = 10**15
+
+
+def _meter(prompt_tokens: int = 10) -> Meter:
+    return Meter(COUNTER, PRICES, prompt_tokens=prompt_tokens)
+
+
+def _paying(completion: int, prompt: int = 10) -> int:
+    """A reservation that pays for the prompt and exactly ``completion`` tokens."""
+    return PRICES.cost_of(prompt, completion)
 
 
 DIALECT = OpenAIDialect("/chat/completions")
@@ -92,22 +101,22 @@ def test_reported_usage_is_authoritative() -> None:
             },
         ),
     )
-    assert meter.usage() == TokenUsage(prompt_tokens=7, completion_tokens=5, cached_tokens=3)
-    assert meter.cost(meter.usage()) == 16  # 4 * 1 + 3 * 0.5 + 5 * 2 = 15.5, rounded up
+    assert meter.usage(PLENTY) == TokenUsage(prompt_tokens=7, completion_tokens=5, cached_tokens=3)
+    assert meter.cost(meter.usage(PLENTY)) == 16  # 4 * 1 + 3 * 0.5 + 5 * 2 = 15.5, rounded up
 
 
 def test_reported_usage_in_a_stream_is_authoritative() -> None:
     meter = _meter(prompt_tokens=10)
     _feed(meter, _delta_chunk("Hello there, friend."))
     _feed(meter, _chunk(choices=[], usage={"prompt_tokens": 12, "completion_tokens": 40}))
-    assert meter.usage() == TokenUsage(12, 40, 0)
+    assert meter.usage(PLENTY) == TokenUsage(12, 40, 0)
 
 
 def test_no_report_falls_back_to_counting() -> None:
     meter = _meter(prompt_tokens=10)
     _observe_answer(meter, _answer("The quick brown fox jumps over the lazy dog."))
     expected = COUNTER.count_text("The quick brown fox jumps over the lazy dog.")
-    assert meter.usage() == TokenUsage(10, expected, 0)
+    assert meter.usage(PLENTY) == TokenUsage(10, expected, 0)
 
 
 @pytest.mark.parametrize(
@@ -132,36 +141,50 @@ def test_negative_missing_or_absurd_fields_fall_back_to_counting(
     prompt, completion = expected
     if completion == "counted":
         completion = COUNTER.count_text(text)
-    assert meter.usage() == TokenUsage(prompt, completion, 0)
+    assert meter.usage(PLENTY) == TokenUsage(prompt, completion, 0)
 
 
-def test_completion_above_the_cap_is_capped() -> None:
-    meter = _meter(completion_cap=50)
+def test_a_report_is_trusted_up_to_what_the_reservation_pays_for() -> None:
+    meter = _meter()
     _observe_answer(meter, _answer("x", usage={"prompt_tokens": 10, "completion_tokens": 1000}))
-    assert meter.usage().completion_tokens == 50
+    assert meter.usage(_paying(50)).completion_tokens == 50
+    assert meter.usage(_paying(50) + 1).completion_tokens == 50  # whole tokens only
+    assert meter.usage(_paying(1000)).completion_tokens == 1000
 
 
-def test_a_relayed_completion_past_the_cap_is_what_was_relayed() -> None:
-    """The backend ignored the bound and the client got all of it: the client pays for the
-    tokens it was sent, so the cap yields to the count of what was relayed."""
+def test_hidden_reasoning_is_charged_past_the_visible_count() -> None:
+    """A reasoning model reports more than the text it sent (its reasoning is hidden): the
+    report is trusted, not capped at the visible count, as far as the reservation pays."""
+    meter = _meter()
+    _observe_answer(
+        meter, _answer("Yes.", usage={"prompt_tokens": 10, "completion_tokens": 20_000})
+    )
+    assert meter.counted_completion() == COUNTER.count_text("Yes.")
+    assert meter.usage(_paying(20_000)).completion_tokens == 20_000
+    assert meter.usage(_paying(4_096)).completion_tokens == 4_096
+
+
+def test_a_count_past_the_reservation_is_charged_as_far_as_it_pays() -> None:
+    """No report, and more text than the reservation pays for (the relay delivers no more than
+    that: it cuts the rest)."""
     text = "word " * 200
-    meter = _meter(completion_cap=20)
+    meter = _meter()
     _observe_answer(meter, _answer(text))
     assert COUNTER.count_text(text) > 20
-    assert meter.usage().completion_tokens == COUNTER.count_text(text)
+    assert meter.usage(_paying(20)).completion_tokens == 20
+    assert meter.usage(PLENTY).completion_tokens == COUNTER.count_text(text)
 
 
-def test_a_report_past_the_cap_is_capped_at_what_was_relayed() -> None:
-    text = "word " * 200
-    meter = _meter(completion_cap=20)
-    _observe_answer(meter, _answer(text, usage={"prompt_tokens": 10, "completion_tokens": 10**6}))
-    assert meter.usage().completion_tokens == COUNTER.count_text(text)
-
-
-def test_completion_below_the_cap_is_kept() -> None:
-    meter = _meter(completion_cap=50)
+def test_completion_below_what_is_paid_is_kept() -> None:
+    meter = _meter()
     _observe_answer(meter, _answer("x", usage={"prompt_tokens": 10, "completion_tokens": 49}))
-    assert meter.usage().completion_tokens == 49
+    assert meter.usage(_paying(50)).completion_tokens == 49
+
+
+def test_a_reservation_that_pays_not_even_the_prompt_pays_no_completion() -> None:
+    meter = _meter(prompt_tokens=10)
+    _observe_answer(meter, _answer("x", usage={"prompt_tokens": 10, "completion_tokens": 5}))
+    assert meter.usage(_paying(0) - 1).completion_tokens == 0
 
 
 @pytest.mark.parametrize(
@@ -207,7 +230,7 @@ def test_completion_below_the_cap_is_kept() -> None:
 def test_cached_tokens_are_clamped_to_the_prompt(usage: dict[str, Any], cached: int) -> None:
     meter = _meter(prompt_tokens=10)
     _observe_answer(meter, _answer("x", usage=usage))
-    result = meter.usage()
+    result = meter.usage(PLENTY)
     assert result.cached_tokens == cached
     assert result.cached_tokens <= result.prompt_tokens
 
@@ -225,7 +248,7 @@ def test_peek_does_not_record() -> None:
     assert meter.running_completion == 0
     assert meter.counted_completion() == 0
     assert meter.reported is None
-    assert meter.usage() == TokenUsage(10, 0, 0)
+    assert meter.usage(PLENTY) == TokenUsage(10, 0, 0)
 
 
 def test_observe_chunk_records_what_peek_said() -> None:
@@ -251,7 +274,7 @@ def test_choices_are_counted_separately_n_greater_than_one() -> None:
                 _feed(meter, _delta_chunk(texts[step], index=index))
     expected = sum(COUNTER.count_text("".join(texts)) for texts in parts.values())
     assert meter.counted_completion() == expected
-    assert meter.usage().completion_tokens == expected
+    assert meter.usage(PLENTY).completion_tokens == expected
 
 
 def test_choices_in_one_chunk_go_to_their_index() -> None:
@@ -368,7 +391,7 @@ def test_a_usage_chunk_after_content_is_authoritative() -> None:
         ),
     )
     # the usage chunk's report wins over the estimate and the count
-    assert meter.usage() == TokenUsage(40, 3, 8)
+    assert meter.usage(PLENTY) == TokenUsage(40, 3, 8)
 
 
 def test_answer_with_several_choices_counts_each() -> None:
@@ -592,7 +615,7 @@ def test_a_run_is_recorded_as_far_as_the_reservation_surely_pays(
     prices = Prices(input=1_000_000, output=100_000_000, cached_input=0)
 
     def meter() -> Meter:
-        return Meter(COUNTER, prices, prompt_tokens=3, completion_cap=None)
+        return Meter(COUNTER, prices, prompt_tokens=3)
 
     def paid(completion: int) -> bool:
         return prices.cost_of(3, completion) <= reserved
@@ -638,7 +661,7 @@ def test_fits_agrees_with_the_exact_cost(
     prompt: int, running: int, extra: int, reserved: int, input_price: int, output_price: int
 ) -> None:
     prices = Prices(input=input_price, output=output_price, cached_input=0)
-    meter = Meter(COUNTER, prices, prompt_tokens=prompt, completion_cap=None)
+    meter = Meter(COUNTER, prices, prompt_tokens=prompt)
     meter.running_completion = running
     assert meter.fits(extra, reserved) == (meter.cost_with(extra) <= reserved)
     # the cached figure follows a grown reservation

@@ -1,7 +1,7 @@
 """Properties of what the gateway does with what a backend says: any usage block (any JSON,
 any numbers) read from an answer or a chunk never raises and never makes the answer unreadable;
-the meter's final usage is never negative, never above the bound the gateway sent (unless the
-backend ignored it and the text was relayed: then what was relayed), its cost never negative;
+the meter's final usage is never negative, never more than the reservation pays for, its cost
+never negative;
 an SSE parser with an event limit never holds more than that limit."""
 
 from __future__ import annotations
@@ -77,31 +77,35 @@ def test_any_usage_chunk_is_read_as_usage_or_content_never_raises(usage: Any) ->
     completion=COUNTS,
     cached=COUNTS,
     estimate=st.integers(min_value=0, max_value=10**6),
-    cap=st.none() | st.integers(min_value=0, max_value=10**6),
+    reserved=st.integers(min_value=0, max_value=10**18),
     text=st.text(max_size=40),
     prices=st.tuples(*[st.integers(min_value=0, max_value=10**15)] * 3),
 )
-def test_the_meter_never_goes_negative_nor_past_the_bound(
+def test_the_meter_never_goes_negative_nor_past_what_is_paid(
     prompt: int | None,
     completion: int | None,
     cached: int | None,
     estimate: int,
-    cap: int | None,
+    reserved: int,
     text: str,
     prices: tuple[int, int, int],
 ) -> None:
-    meter = Meter(COUNTER, Prices(*prices), prompt_tokens=estimate, completion_cap=cap)
+    meter = Meter(COUNTER, Prices(*prices), prompt_tokens=estimate)
     meter.record(((0, text),), meter.peek(((0, text),)))
     meter.reported = Reported(prompt, completion, cached)
-    usage = meter.usage()
+    usage = meter.usage(reserved)
     assert usage.prompt_tokens >= 0
     assert usage.completion_tokens >= 0
     assert 0 <= usage.cached_tokens <= usage.prompt_tokens
+    paid = meter.paid_completion(reserved)
+    assert usage.completion_tokens <= paid
+    # what the reservation pays for, at the estimate, is within the reservation
+    assert Prices(*prices).cost_of(estimate, paid) <= reserved or paid == 0
     relayed = COUNTER.count_text(text)
-    if cap is not None:  # the bound, or what was relayed when the backend ignored the bound
-        assert usage.completion_tokens <= max(cap, relayed)
     if completion is None or completion < 0 or completion > 1 << 40:  # not believable
-        assert usage.completion_tokens == relayed
+        assert usage.completion_tokens == min(relayed, paid)
+    else:
+        assert usage.completion_tokens == min(completion, paid)
     assert meter.cost(usage) >= 0
 
 

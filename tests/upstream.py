@@ -39,6 +39,12 @@ the server's ``defaults``:
                        item); then, and without tools, words
 ``reasoning_tokens``   Responses only: reported in ``output_tokens_details`` and added to
                        ``output_tokens``, as OpenAI counts them
+``reasoning``          chat: N words of reasoning before the answer, in ``{"words": N,
+                       "field": F}``: F ``"reasoning"`` (vLLM 0.11+, the default) or
+                       ``"reasoning_content"`` sends them (a delta each in streams, the
+                       message's field in answers); F null keeps them hidden, as OpenAI's
+                       reasoning models do. Either way they are in ``completion_tokens``
+                       (and ``completion_tokens_details.reasoning_tokens``)
 =====================  ======================================================================
 
 Per-server attributes a test may set: ``status`` (every request fails with it), ``fail_next``
@@ -345,9 +351,9 @@ class UpstreamServer:
         return words, "stop"
 
     @staticmethod
-    def _usage(script: dict[str, Any], completion: int) -> dict[str, Any]:
+    def _usage(script: dict[str, Any], completion: int, reasoning: int = 0) -> dict[str, Any]:
         prompt = int(script.get("prompt_tokens", DEFAULT_PROMPT_TOKENS))
-        completion = int(script.get("completion_tokens", completion))
+        completion = int(script.get("completion_tokens", completion + reasoning))
         usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
@@ -355,7 +361,17 @@ class UpstreamServer:
         }
         if "cached_tokens" in script:
             usage["prompt_tokens_details"] = {"cached_tokens": int(script["cached_tokens"])}
+        if reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning}
         return usage
+
+    @staticmethod
+    def _reasoning(script: dict[str, Any]) -> tuple[int, str | None]:
+        """(reasoning words, the field that carries them or None when hidden)."""
+        spec = script.get("reasoning")
+        if not isinstance(spec, dict):
+            return 0, None
+        return int(spec.get("words", 0)), spec.get("field", "reasoning")
 
     @staticmethod
     def _tool(script: dict[str, Any], body: Any = None) -> dict[str, Any] | None:
@@ -385,12 +401,15 @@ class UpstreamServer:
             return await self._chat_stream(
                 request, body, script, ident, model, n, words, finish, tool
             )
+        thought, field = self._reasoning(script)
         choices = []
         for index in range(n):
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": answer_text(words, self._word(script)),
             }
+            if thought and field is not None:
+                message[field] = answer_text(thought, " think")
             choice_finish = finish
             if tool is not None:
                 message = {
@@ -422,7 +441,7 @@ class UpstreamServer:
         }
         if script.get("usage", True):
             generated = len(_tool_pieces(tool)) if tool is not None else words
-            answer["usage"] = self._usage(script, generated * n)
+            answer["usage"] = self._usage(script, generated * n, thought * n)
         return web.json_response(answer)
 
     @staticmethod
@@ -461,8 +480,12 @@ class UpstreamServer:
         def each_choice(payload: dict[str, Any], content: bool, reason: str | None = None) -> None:
             events.extend((chunk([delta(i, payload, reason)]), content) for i in range(n))
 
+        thought, field = self._reasoning(script)
         if tool is None:
             each_choice({"role": "assistant", "content": ""}, False)
+            if field is not None:
+                for word in _words(thought, " think"):
+                    each_choice({field: word}, True)
             for word in _words(words, self._word(script)):
                 each_choice({"content": word}, True)
             each_choice({}, False, finish)
@@ -479,7 +502,7 @@ class UpstreamServer:
         options = body.get("stream_options")
         wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         if script.get("usage", True) and wants_usage:
-            events.append((chunk([], usage=self._usage(script, generated)), False))
+            events.append((chunk([], usage=self._usage(script, generated, thought * n)), False))
 
         record = StreamRecord(path=request.path)
         self.streams.append(record)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Literal
 
@@ -177,6 +178,11 @@ class BackendConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
     #: The backend speaks OpenAI's Responses API (`POST /responses`) itself; otherwise the
     #: gateway translates /v1/responses requests into chat completions for it.
     responses_api: bool = False
+    #: The chat field this backend reads as the bound on generated tokens, which the gateway
+    #: sets when the client sent none: OpenAI's reasoning models refuse `max_tokens`, some
+    #: servers know only `max_tokens`. Unset: `max_completion_tokens` for OpenAI's and Azure
+    #: OpenAI's hosts, `max_tokens` for any other.
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
@@ -185,6 +191,16 @@ class BackendConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
             raise _problem("base_url", "must be an http:// or https:// URL")
         _check_seconds(self, "timeout_s", "connect_timeout_s", strict=True)
         _check_seconds(self, "demo_delay_s")
+
+    @property
+    def chat_bound_field(self) -> str:
+        """The field :attr:`max_tokens_field` names, or the one its host is known to read."""
+        if self.max_tokens_field is not None:
+            return self.max_tokens_field
+        host = (urllib.parse.urlsplit(self.base_url).hostname or "").lower()
+        if host == "api.openai.com" or host.endswith(".openai.azure.com"):
+            return "max_completion_tokens"
+        return "max_tokens"
 
 
 class RouteConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

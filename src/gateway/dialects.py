@@ -16,18 +16,23 @@ from typing import Any
 import msgspec
 
 from gateway import wire
+from gateway.cutting import cut_choices
 from gateway.deltas import DeltaFolder, DeltaRun
 from gateway.errors import GatewayError, UpstreamError
 from gateway.pricing import TokenUsage
 from gateway.sse import Event, SSEParser, is_done
+from gateway.tokens import TokenCounter
 
 __all__ = [
+    "BOUND_FIELDS",
+    "VENDOR_BOUND_FIELDS",
     "Action",
     "Dialect",
     "OpenAIDialect",
     "Reported",
     "Step",
     "Texts",
+    "bound_body",
     "framing",
     "rewritten_body",
 ]
@@ -59,6 +64,40 @@ class Step(msgspec.Struct, frozen=True, gc=False):
     usage: Reported | None = None
 
 
+#: The APIs' own fields that bound generated tokens (per choice): chat's
+#: ``max_completion_tokens`` and ``max_tokens``, completions' ``max_tokens``, the Responses API's
+#: ``max_output_tokens``.
+BOUND_FIELDS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+#: Other servers' names for that bound, which they read in an OpenAI-shaped request too:
+#: llama.cpp's ``n_predict`` (read before ``max_tokens``), TGI's and SGLang's
+#: ``max_new_tokens``, Ollama's ``num_predict``.
+VENDOR_BOUND_FIELDS = ("n_predict", "max_new_tokens", "num_predict")
+
+
+def bound_body(out: dict[str, Any], cap: int, field: str) -> None:
+    """Bound what the backend may generate to ``cap`` tokens a choice, in place: every bound
+    field the client sent is lowered to it (its own fields were checked to be at least
+    ``cap``), ``field`` (the one the backend reads) is set when it sent none of the APIs' own
+    (some servers refuse two), another server's name for the bound is lowered when it asks for
+    more or for no bound at all (``n_predict: -1``), and vLLM's ``min_tokens`` never asks for
+    more than ``cap``."""
+    sent = False
+    for name in BOUND_FIELDS:
+        if out.get(name) is not None:
+            out[name] = cap
+            sent = True
+    if not sent:
+        out[field] = cap
+    for name in VENDOR_BOUND_FIELDS:
+        if name in out:
+            value = out[name]
+            if not (type(value) is int and 0 <= value <= cap):
+                out[name] = cap
+    least = out.get("min_tokens")
+    if type(least) is int and least > cap:
+        out["min_tokens"] = cap
+
+
 def rewritten_body(
     body: Mapping[str, Any],
     *,
@@ -68,11 +107,12 @@ def rewritten_body(
     include_usage: bool,
 ) -> bytes:
     """A relayed request body: the client's, except the model, the bound on generated tokens
-    and (for chat streams) ``stream_options.include_usage``."""
+    (:func:`bound_body`, when ``cap`` is set) and (for chat streams)
+    ``stream_options.include_usage``."""
     out = dict(body)
     out["model"] = upstream_model
     if cap is not None and bound_field is not None:
-        out[bound_field] = cap
+        bound_body(out, cap, bound_field)
     if include_usage:
         options = body.get("stream_options") or {}
         out["stream_options"] = {**options, "include_usage": True}
@@ -129,19 +169,20 @@ class Dialect(abc.ABC):
 
     @abc.abstractmethod
     def upstream_body(
-        self,
-        body: Mapping[str, Any],
-        *,
-        upstream_model: str,
-        bound_field: str | None,
-        cap: int | None,
-        stream: bool,
+        self, body: Mapping[str, Any], *, upstream_model: str, cap: int | None, stream: bool
     ) -> bytes:
-        """The request body for the backend."""
+        """The request body for the backend, bounded to ``cap`` generated tokens a choice
+        (None: the endpoint generates nothing)."""
 
     @abc.abstractmethod
     def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
         """Usage and generated text of a complete answer; ``UpstreamError`` if unreadable."""
+
+    def cut_answer(self, data: bytes, keep: int, counter: TokenCounter) -> bytes:
+        """A complete answer (read by :meth:`read_answer`) with its generated text cut to
+        ``keep`` tokens a choice, marked as cut short by the bound (:mod:`gateway.cutting`).
+        By default the answer generates nothing to cut."""
+        return data
 
     def render_answer(self, data: bytes, usage: TokenUsage) -> bytes:
         """What the client gets for a complete answer."""
@@ -182,25 +223,42 @@ class Dialect(abc.ABC):
 
 
 class OpenAIDialect(Dialect):
-    """Chat completions, legacy completions and embeddings, relayed byte for byte."""
+    """Chat completions, legacy completions and embeddings, relayed byte for byte (an answer
+    cut to what was paid for is written anew, with the usage charged)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, bound_field: str | None = None) -> None:
         self.path = path
+        #: The field the backend reads as the bound on generated tokens (None: embeddings).
+        self.bound_field = bound_field
         self._folder: DeltaFolder | None = None
+        self._cut: dict[str, Any] | None = None  # the answer as cut, once it was
 
     def upstream_body(
-        self,
-        body: Mapping[str, Any],
-        *,
-        upstream_model: str,
-        bound_field: str | None,
-        cap: int | None,
-        stream: bool,
+        self, body: Mapping[str, Any], *, upstream_model: str, cap: int | None, stream: bool
     ) -> bytes:
         return rewritten_body(
-            body, upstream_model=upstream_model, bound_field=bound_field, cap=cap,
+            body, upstream_model=upstream_model, bound_field=self.bound_field, cap=cap,
             include_usage=stream,
         )  # fmt: skip
+
+    def cut_answer(self, data: bytes, keep: int, counter: TokenCounter) -> bytes:
+        answer = msgspec.json.decode(data)
+        if not isinstance(answer, dict) or not cut_choices(answer, keep, counter):
+            return data
+        self._cut = answer
+        return msgspec.json.encode(answer)
+
+    def render_answer(self, data: bytes, usage: TokenUsage) -> bytes:
+        answer = self._cut
+        if answer is None:
+            return data
+        answer["usage"] = {
+            "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens,
+            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        }
+        return msgspec.json.encode(answer)
 
     def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
         try:

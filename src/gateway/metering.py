@@ -1,11 +1,12 @@
 """Measuring what a request consumed, on the fly.
 
 Usage the upstream reports is authoritative, after sanity checks: a negative or missing field
-falls back to our own count, and a completion count above the bound the gateway asked for is
-capped at that bound (the upstream was told not to generate more), unless the upstream did
-generate more and it was relayed: then at our count of what was relayed. Where the upstream reports
-nothing, the prompt is counted with tiktoken (OpenAI's message recipe) and the completion from
-the text the upstream generated, per choice.
+falls back to our own count. Where the upstream reports nothing, the prompt is counted with
+tiktoken (OpenAI's message recipe) and the completion from every text the upstream generated
+(:func:`gateway.wire.message_texts`), per choice. Either way the completion is trusted up to
+what the reservation pays for, never beyond: the backend was told not to generate more, and
+whatever text it sent past that was not delivered (a stream is cut off, a complete answer cut).
+A count above it, hidden reasoning say, is charged as far as the reservation pays.
 """
 
 from __future__ import annotations
@@ -26,18 +27,20 @@ class Meter:
         prices: Prices,
         *,
         prompt_tokens: int,
-        completion_cap: int | None,
     ) -> None:
         self._counter = counter
         self.prices = prices
         self.prompt_estimate = prompt_tokens
-        self._cap = completion_cap
         self._texts: dict[int, list[str]] = {}
         self.reported: Reported | None = None
         #: Completion tokens generated so far, counted piece by piece (for cut-off decisions).
         self.running_completion = 0
         self._budget = -1  # the reservation :meth:`fits` last saw, and what it pays for
         self._affordable = 0
+
+    @property
+    def counter(self) -> TokenCounter:
+        return self._counter
 
     def peek(self, texts: Texts) -> int:
         """The completion tokens these pieces of text would add (nothing is recorded)."""
@@ -102,11 +105,18 @@ class Meter:
             self._budget = reserved
             prices, prompt = self.prices, self.prompt_estimate
             self._affordable = (
-                prices.affordable_completion(reserved, prompt)
+                self.paid_completion(reserved)
                 if prices.prompt_cost(prompt) <= reserved
                 else -1  # not even the prompt is paid for
             )
         return self.running_completion + extra_completion <= self._affordable
+
+    def paid_completion(self, reserved: int) -> int:
+        """The completion tokens ``reserved`` pays for after the estimated prompt."""
+        prices, prompt = self.prices, self.prompt_estimate
+        if prices.prompt_cost(prompt) > reserved:
+            return 0
+        return prices.affordable_completion(reserved, prompt)
 
     def cost_with(self, extra_completion: int = 0) -> int:
         """What the request costs so far (plus ``extra_completion`` tokens), on our count."""
@@ -122,23 +132,18 @@ class Meter:
         """Completion tokens counted from the generated text, choice by choice."""
         return sum(self._counter.count_text("".join(parts)) for parts in self._texts.values())
 
-    def usage(self) -> TokenUsage:
-        """Final usage: the upstream's report where sane, else our count."""
+    def usage(self, reserved: int) -> TokenUsage:
+        """Final usage: the upstream's report where sane, else our count; the completion no
+        more than ``reserved`` (the reservation as it ends) pays for."""
         report = self.reported or Reported()
         prompt = _sane(report.prompt_tokens)
         completion = _sane(report.completion_tokens)
         cached = _sane(report.cached_tokens) or 0
         if prompt is None:
             prompt = self.prompt_estimate
-        counted: int | None = None
         if completion is None:
-            completion = counted = self.counted_completion()
-        if self._cap is not None and completion > self._cap:
-            # More than the backend was told to generate: believe no more than the bound, or
-            # than what was relayed to the client if the backend ignored it (that was sent).
-            if counted is None:
-                counted = self.counted_completion()
-            completion = min(completion, max(self._cap, counted))
+            completion = self.counted_completion()
+        completion = min(completion, self.paid_completion(reserved))
         return TokenUsage(prompt, completion, min(cached, prompt))
 
     def cost(self, usage: TokenUsage) -> int:

@@ -22,7 +22,7 @@ import structlog
 from gateway.config import Config
 from gateway.deltas import DeltaRun
 from gateway.dialects import Action, Dialect, Texts
-from gateway.endpoints import Endpoint
+from gateway.endpoints import Endpoint, Plan, plan_request
 from gateway.errors import (
     GatewayError,
     InsufficientQuota,
@@ -76,67 +76,6 @@ class StreamAnswer:
     headers: dict[str, str]
     body: AsyncGenerator[bytes, None]
     settlement: Settlement
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """What the client asked for, read once from the body."""
-
-    model: str
-    stream: bool
-    choices: int
-    bound_field: str | None  # "max_tokens" / "max_completion_tokens" the client set
-    bound: int | None
-    wants_usage: bool  # the client asked stream_options.include_usage
-
-
-def _int_field(body: Mapping[str, Any], name: str, *, minimum: int) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidRequest(f"'{name}' must be an integer >= {minimum}.", param=name)
-    return value
-
-
-def plan_request(endpoint: Endpoint, body: Mapping[str, Any]) -> _Plan:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a string.", param="model")
-    endpoint.validate(body)
-    stream = body.get("stream", False)
-    if stream is None:
-        stream = False
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream")
-    if stream and not endpoint.streams:
-        raise InvalidRequest(f"{endpoint.name} does not stream.", param="stream")
-    choices = _int_field(body, "n", minimum=1) or 1
-    if choices > 128:
-        raise InvalidRequest("'n' must be at most 128.", param="n")
-    bound_field: str | None = None
-    bound: int | None = None
-    for name in endpoint.bound_fields:
-        value = _int_field(body, name, minimum=1)
-        if value is not None and (bound is None or value < bound):
-            bound_field, bound = name, value
-    options = body.get("stream_options")
-    if options is not None and not isinstance(options, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
-    wants_usage = options.get("include_usage") if options else False
-    if wants_usage is None:
-        wants_usage = False
-    if not isinstance(wants_usage, bool):
-        raise InvalidRequest(
-            "'stream_options.include_usage' must be a boolean.",
-            param="stream_options.include_usage",
-        )
-    tools = body.get("tools")
-    if tools is not None and (
-        not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)
-    ):
-        raise InvalidRequest("'tools' must be an array of objects.", param="tools")
-    return _Plan(model, stream, choices, bound_field, bound, wants_usage)
 
 
 class Relay:
@@ -209,8 +148,8 @@ class Relay:
             for enc in {r.encoding for r in routes}
         }
         per_choice = plan.bound or self._config.metering.default_reserve_tokens
-        want = per_choice * plan.choices if endpoint.generates else 0
-        least = plan.choices if endpoint.generates else 0
+        want = per_choice * plan.candidates if endpoint.generates else 0
+        least = plan.candidates if endpoint.generates else 0
         ranked = sorted(routes, key=lambda r: (r.estimate(prompt[r.encoding], want), r.order))
         maximum = max(r.prices.cost_of(prompt[r.encoding], want) for r in ranked)
         minimum = min(r.prices.cost_of(prompt[r.encoding], least) for r in ranked)
@@ -269,7 +208,7 @@ class Relay:
     async def _forward(
         self,
         endpoint: Endpoint,
-        plan: _Plan,
+        plan: Plan,
         body: dict[str, Any],
         headers: Mapping[str, str],
         ranked: list[Route],
@@ -293,13 +232,7 @@ class Relay:
             dialect = endpoint.dialect(route.backend)
             try:
                 upstream_body = dialect.upstream_body(
-                    body,
-                    upstream_model=route.upstream_model,
-                    bound_field=(plan.bound_field or endpoint.bound_fields[-1])
-                    if endpoint.generates
-                    else None,
-                    cap=cap,
-                    stream=plan.stream,
+                    body, upstream_model=route.upstream_model, cap=cap, stream=plan.stream
                 )
             except InvalidRequest as exc:  # this backend cannot take it (a translation)
                 refused = refused or exc
@@ -318,12 +251,7 @@ class Relay:
                 self._failed(route, exc, reason)
                 last = exc
                 continue
-            meter = Meter(
-                self.counter(route.encoding),
-                route.prices,
-                prompt_tokens=prompt_tokens,
-                completion_cap=cap * plan.choices if cap is not None else None,
-            )
+            meter = Meter(self.counter(route.encoding), route.prices, prompt_tokens=prompt_tokens)
             settlement.attach(route, meter)
             try:
                 if response.status >= 300:
@@ -341,7 +269,7 @@ class Relay:
                     return await self._open_stream(
                         route, response, dialect, meter, plan, settlement
                     )
-                return await self._complete(route, response, dialect, meter, settlement)
+                return await self._complete(route, response, dialect, meter, plan, settlement)
             except UpstreamError as exc:
                 response.close()
                 self._failed(route, exc, "timeout" if isinstance(exc, UpstreamTimeout) else "body")
@@ -359,18 +287,17 @@ class Relay:
         raise UpstreamError(f"Every backend for '{plan.model}' failed: {last.message}")
 
     def _completion_cap(
-        self, endpoint: Endpoint, plan: _Plan, route: Route, prompt_tokens: int, reserved: int
+        self, endpoint: Endpoint, plan: Plan, route: Route, prompt_tokens: int, reserved: int
     ) -> int | None:
-        """Per-choice completion bound the reservation pays for at this route (None: no
-        bound needed; 0: this route is too dear for the reservation)."""
+        """The bound on each generated choice that goes upstream: the client's (or
+        ``default_reserve_tokens``), lowered to what the reservation pays for at this route
+        (None: the endpoint generates nothing; 0: this route is too dear for the
+        reservation)."""
         if not endpoint.generates:
             return None if route.prices.prompt_cost(prompt_tokens) <= reserved else 0
-        affordable = route.prices.affordable_completion(reserved, prompt_tokens) // plan.choices
-        if plan.bound is not None:
-            return min(plan.bound, affordable)
-        if affordable >= self._config.metering.default_reserve_tokens:
-            return None
-        return affordable
+        affordable = route.prices.affordable_completion(reserved, prompt_tokens)
+        bound = plan.bound or self._config.metering.default_reserve_tokens
+        return min(bound, affordable // plan.candidates)
 
     def _succeeded(self, route: Route) -> None:
         breaker = self._router.breaker(route)
@@ -413,17 +340,25 @@ class Relay:
         response: UpstreamResponse,
         dialect: Dialect,
         meter: Meter,
+        plan: Plan,
         settlement: Settlement,
     ) -> Answer:
+        """A complete answer, delivered as far as it is paid for: generated text past what the
+        reservation pays (grown from the wallet if it can) is cut off."""
         body = await response.read(self._config.server.max_answer_bytes)
         response.release()
         meter.reported, texts = dialect.read_answer(body)
         meter.record(texts, 0)
+        meter.recount()
+        if not meter.fits(0, settlement.reserved) and not await settlement.cover(meter.cost_with()):
+            keep = meter.paid_completion(settlement.reserved) // plan.candidates
+            body = dialect.cut_answer(body, keep, meter.counter)
         self._succeeded(route)
         await settlement.settle(UsageStatus.OK)
         if settlement.failed is not None:
             raise settlement.failed
-        return Answer(200, dialect.render_answer(body, meter.usage()), response.headers)
+        usage = meter.usage(settlement.reserved)
+        return Answer(200, dialect.render_answer(body, usage), response.headers)
 
     async def _open_stream(
         self,
@@ -431,7 +366,7 @@ class Relay:
         response: UpstreamResponse,
         dialect: Dialect,
         meter: Meter,
-        plan: _Plan,
+        plan: Plan,
         settlement: Settlement,
     ) -> StreamAnswer:
         """Read up to the first event before answering, so that a backend failing before it
@@ -466,7 +401,7 @@ class Relay:
         response: UpstreamResponse,
         dialect: Dialect,
         meter: Meter,
-        plan: _Plan,
+        plan: Plan,
         settlement: Settlement,
     ) -> AsyncGenerator[bytes, None]:
         """Relay a stream read by read: the events of one upstream read are metered and
@@ -562,7 +497,7 @@ class Relay:
         if error is not None:
             yield LastChunk(dialect.stream_error(error))
             return
-        tail = dialect.stream_tail(held, meter.usage())
+        tail = dialect.stream_tail(held, meter.usage(settlement.reserved))
         if tail:
             yield LastChunk(b"".join(tail))
 

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from gateway.config import BackendConfig
+from gateway.cutting import cut_choices, cut_output
 from gateway.dialects import Action, Dialect, Reported, Step, Texts, framing, rewritten_body
 from gateway.errors import GatewayError, UpstreamError
 from gateway.pricing import TokenUsage
@@ -34,9 +35,11 @@ from gateway.responses_chat import (
     error_event,
     message_texts,
     response_object,
+    usage_json,
 )
 from gateway.responses_request import chat_request
 from gateway.sse import Event
+from gateway.tokens import TokenCounter
 
 __all__ = ["ChatTranslation", "NativeResponses", "responses_dialect"]
 
@@ -45,7 +48,7 @@ def responses_dialect(backend: BackendConfig) -> Dialect:
     """How ``/v1/responses`` reaches ``backend``: as is, or translated into chat."""
     if backend.responses_api and backend.kind != "demo":  # the demo supplier speaks chat
         return NativeResponses()
-    return ChatTranslation()
+    return ChatTranslation(backend.chat_bound_field)
 
 
 # -- native ------------------------------------------------------------------------------------
@@ -138,19 +141,14 @@ class NativeResponses(Dialect):
     def __init__(self) -> None:
         self._read: int | None = None  # the sequence_number of the event last read
         self._next_sequence = 0  # the one after the last event the client got
+        self._cut: dict[str, Any] | None = None  # the answer as cut, once it was
 
     def upstream_body(
-        self,
-        body: Mapping[str, Any],
-        *,
-        upstream_model: str,
-        bound_field: str | None,
-        cap: int | None,
-        stream: bool,
+        self, body: Mapping[str, Any], *, upstream_model: str, cap: int | None, stream: bool
     ) -> bytes:
         # a Responses stream always ends with its usage: there is no stream_options to set
         return rewritten_body(
-            body, upstream_model=upstream_model, bound_field=bound_field, cap=cap,
+            body, upstream_model=upstream_model, bound_field="max_output_tokens", cap=cap,
             include_usage=False,
         )  # fmt: skip
 
@@ -160,6 +158,20 @@ class NativeResponses(Dialect):
         except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise UpstreamError("the backend sent an unreadable answer") from exc
         return _native_reported(answer.usage), _output_texts(answer.output)
+
+    def cut_answer(self, data: bytes, keep: int, counter: TokenCounter) -> bytes:
+        response = msgspec.json.decode(data)
+        if not isinstance(response, dict) or not cut_output(response, keep, counter):
+            return data
+        self._cut = response
+        return msgspec.json.encode(response)
+
+    def render_answer(self, data: bytes, usage: TokenUsage) -> bytes:
+        response = self._cut
+        if response is None:
+            return data
+        response["usage"] = usage_json(usage)
+        return msgspec.json.encode(response)
 
     def read_event(self, event: Event) -> Step:
         step = framing(event)
@@ -212,7 +224,9 @@ class ChatTranslation(Dialect):
 
     path = "/chat/completions"
 
-    def __init__(self) -> None:
+    def __init__(self, bound_field: str) -> None:
+        #: The chat field the backend reads as the bound on generated tokens.
+        self.bound_field = bound_field
         self._request: Mapping[str, Any] = {}
         self._answer: ChatAnswer | None = None
         self._stream: StreamTranslator | None = None
@@ -226,22 +240,18 @@ class ChatTranslation(Dialect):
         return self._stream
 
     def upstream_body(
-        self,
-        body: Mapping[str, Any],
-        *,
-        upstream_model: str,
-        bound_field: str | None,
-        cap: int | None,
-        stream: bool,
+        self, body: Mapping[str, Any], *, upstream_model: str, cap: int | None, stream: bool
     ) -> bytes:
         self._request = body
-        chat = chat_request(body, upstream_model=upstream_model, cap=cap, stream=stream)
+        chat = chat_request(
+            body, upstream_model=upstream_model, cap=cap, stream=stream, field=self.bound_field
+        )
         return msgspec.json.encode(chat)
 
     def read_answer(self, data: bytes) -> tuple[Reported | None, Texts]:
         try:
             answer = self._answer = decode_answer(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             raise UpstreamError("the backend sent an unreadable answer") from exc
         texts = [
             (0, text)
@@ -250,6 +260,14 @@ class ChatTranslation(Dialect):
             for text in message_texts(choice.message)
         ]
         return _chat_reported(answer.usage), tuple(texts)
+
+    def cut_answer(self, data: bytes, keep: int, counter: TokenCounter) -> bytes:
+        answer = msgspec.json.decode(data)
+        if not isinstance(answer, dict) or not cut_choices(answer, keep, counter):
+            return data
+        cut = msgspec.json.encode(answer)
+        self._answer = decode_answer(cut)
+        return cut
 
     def render_answer(self, data: bytes, usage: TokenUsage) -> bytes:
         answer = self._answer if self._answer is not None else decode_answer(data)
@@ -263,7 +281,7 @@ class ChatTranslation(Dialect):
         assert data is not None  # framing() answers data-less events
         try:
             chunk = decode_chunk(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return Step(Action.DROP)
         self._last = (event, chunk)
         if chunk.error is not None:
@@ -286,7 +304,7 @@ class ChatTranslation(Dialect):
             return self._last[1]
         try:
             return decode_chunk(event.data or b"")
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
 
     def render_event(self, event: Event, step: Step) -> bytes:

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 
+from gateway import wire
 from gateway.pricing import TokenUsage
 
 __all__ = [
@@ -36,77 +37,13 @@ __all__ = [
 
 
 # -- complete answers --------------------------------------------------------------------------
-class _Function(msgspec.Struct):
-    name: str | None = None
-    arguments: str | None = None
-
-
-class _ToolCall(msgspec.Struct):
-    index: int = 0
-    id: str | None = None
-    function: _Function | None = None
-
-
-class _Message(msgspec.Struct):
-    content: str | None = None
-    refusal: str | None = None
-    reasoning_content: str | None = None
-    tool_calls: list[_ToolCall] | None = None
-
-
-class _Choice(msgspec.Struct):
-    index: int = 0
-    message: _Message | None = None
-    delta: _Message | None = None
-    finish_reason: str | None = None
-
-
-class _Details(msgspec.Struct):
-    cached_tokens: int | None = None
-    reasoning_tokens: int | None = None
-
-
-class ChatUsage(msgspec.Struct):
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    prompt_tokens_details: _Details | None = None
-    completion_tokens_details: _Details | None = None
-
-    @property
-    def reasoning_tokens(self) -> int:
-        details = self.completion_tokens_details
-        return (details.reasoning_tokens or 0) if details is not None else 0
-
-
-class ChatAnswer(msgspec.Struct):
-    """A chat completion, as far as the translation reads it."""
-
-    choices: list[_Choice] | None = None
-    usage: ChatUsage | None = None
-    model: str | None = None
-    created: int | None = None
-
-
-class ChatChunk(msgspec.Struct):
-    """A chat stream chunk, as far as the translation reads it."""
-
-    choices: list[_Choice] | None = None
-    usage: ChatUsage | None = None
-    model: str | None = None
-    error: dict[str, Any] | None = None
-
-
-decode_answer = msgspec.json.Decoder(ChatAnswer).decode
-decode_chunk = msgspec.json.Decoder(ChatChunk).decode
-
-
-def message_texts(message: _Message) -> list[str]:
-    """What counts as generated text of a message or delta (as :mod:`gateway.wire` says)."""
-    texts = [t for t in (message.content, message.reasoning_content, message.refusal) if t]
-    for call in message.tool_calls or ():
-        if call.function is not None:
-            texts.extend(t for t in (call.function.name, call.function.arguments) if t)
-    return texts
+#: The chat shapes the translation reads are the metering's (:mod:`gateway.wire`).
+ChatAnswer = wire.Answer
+ChatChunk = wire.Chunk
+ChatUsage = wire.Usage
+decode_answer = wire.decode_answer
+decode_chunk = wire.decode_chunk
+message_texts = wire.message_texts
 
 
 def _new_id(prefix: str) -> str:
@@ -228,7 +165,7 @@ def response_object(
             status = "incomplete" if cut else "completed"
             response["output"].append(_message_item(_new_id("msg"), parts, status))
         for call in message.tool_calls or ():
-            function = call.function or _Function()
+            function = call.function or wire.Function()
             response["output"].append(
                 _call_item(
                     _new_id("fc"),
@@ -373,8 +310,8 @@ class StreamTranslator:
         else:
             self._emit(out, "response.refusal.delta", **fields)
 
-    def _call(self, out: list[bytes], call: _ToolCall) -> None:
-        function = call.function or _Function()
+    def _call(self, out: list[bytes], call: wire.ToolCall) -> None:
+        function = call.function or wire.Function()
         item = self._calls.get(call.index)
         if item is None:
             if self._message is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gateway.dialects import bound_body
 from gateway.errors import InvalidRequest
 
 __all__ = ["chat_messages", "chat_request"]
@@ -86,10 +87,16 @@ def _refuse(message: str, param: str, hint: str = "") -> InvalidRequest:
 
 
 def chat_request(
-    body: Mapping[str, Any], *, upstream_model: str, cap: int | None, stream: bool
+    body: Mapping[str, Any],
+    *,
+    upstream_model: str,
+    cap: int | None,
+    stream: bool,
+    field: str = "max_tokens",
 ) -> dict[str, Any]:
-    """The chat completion request for a Responses request; ``InvalidRequest`` if it cannot
-    be translated."""
+    """The chat completion request for a Responses request, bounded to ``cap`` generated
+    tokens in ``field`` (the chat field the backend reads) and in any bound field the client
+    passed through; ``InvalidRequest`` if it cannot be translated."""
     for name, why in _STATEFUL.items():
         if body.get(name) is not None:
             raise _refuse(f"'{name}' is not supported here: {why}", name, _RESEND)
@@ -99,15 +106,21 @@ def chat_request(
             "the response on its own and stores it",
             "background",
         )
+    choices = body.get("n")
+    if choices is not None and choices != 1:
+        # the Responses API has one output: more choices would be generated (and billed by
+        # the backend) and never shown
+        raise _refuse("'n' is not supported here: the Responses API answers with one output", "n")
     out: dict[str, Any] = {k: v for k, v in body.items() if k not in _KNOWN}
     out["model"] = upstream_model
     out["messages"] = chat_messages(body.get("instructions"), body.get("input"))
     if stream:
         out["stream"] = True
         out["stream_options"] = {"include_usage": True}
-    bound = cap if cap is not None else body.get("max_output_tokens")
-    if bound is not None:
-        out["max_tokens"] = bound
+    if cap is not None:
+        bound_body(out, cap, field)
+    elif body.get("max_output_tokens") is not None:
+        out[field] = body["max_output_tokens"]
     for name in ("temperature", "top_p", "user"):
         if body.get(name) is not None:
             out[name] = body[name]

@@ -124,7 +124,7 @@ class Settlement:
         if self._settling:
             return
         meter = self._meter if charge else None
-        usage = meter.usage() if meter is not None else TokenUsage()
+        usage = meter.usage(self._reservation.amount) if meter is not None else TokenUsage()
         cost = meter.cost(usage) if meter is not None else 0
         record = Usage(
             request_id=self._reservation.request_id,

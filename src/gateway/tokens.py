@@ -227,6 +227,17 @@ class TokenCounter:
             return 0
         return self._cached(text)
 
+    def prefix(self, text: str, tokens: int) -> str:
+        """The longest start of ``text`` that is at most ``tokens`` tokens (whole characters:
+        a character split across tokens is left out)."""
+        if tokens <= 0:
+            return ""
+        encoding = get_encoding(self.encoding_name)
+        ids = encoding.encode_ordinary(text)
+        if len(ids) <= tokens:
+            return text
+        return encoding.decode_bytes(ids[:tokens]).decode("utf-8", "ignore")
+
     def count_chat_prompt(self, messages: Sequence[object], tools: object = None) -> int:
         """Prompt tokens of a chat completion request, per the OpenAI cookbook recipe.
 

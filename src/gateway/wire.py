@@ -1,7 +1,15 @@
-"""OpenAI wire shapes, as far as the gateway reads them. msgspec ignores every field not named
-here, so decoding an answer costs only what metering needs; answers are relayed as raw bytes.
-Decoded JSON cannot hold a reference cycle, so the shapes are ``gc=False``: not tracked by the
-garbage collector (cheaper to make and to free, one per stream chunk)."""
+"""OpenAI wire shapes, as far as the gateway reads them (to meter an answer, and to translate a
+chat completion into the Responses API). msgspec ignores every field not named here, so decoding
+an answer costs only what metering needs; answers are relayed as raw bytes. Decoded JSON cannot
+hold a reference cycle, so the shapes are ``gc=False``: not tracked by the garbage collector
+(cheaper to make and to free, one per stream chunk).
+
+Generated text rides in several fields of a message or delta, by backend: ``content``,
+``reasoning`` (vLLM 0.11 and later), ``reasoning_content`` (DeepSeek, llama.cpp, SGLang, older
+vLLM), ``refusal``, tool-call names and arguments, the legacy ``function_call``, and the
+transcript of generated audio. :func:`message_texts` reads every one of them; the fast reading
+of a plain delta (:func:`decode_plain_delta`) refuses a delta with any other field, so that a
+field it does not know never passes as an empty delta."""
 
 from __future__ import annotations
 
@@ -11,12 +19,17 @@ import msgspec
 
 __all__ = [
     "Answer",
+    "Choice",
     "Chunk",
+    "Function",
+    "Message",
+    "ToolCall",
     "Usage",
     "decode_answer",
     "decode_chunk",
     "decode_chunk_strictly",
     "decode_plain_delta",
+    "message_texts",
     "plain_delta",
 ]
 
@@ -25,11 +38,23 @@ class PromptDetails(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
 
 
+class CompletionDetails(msgspec.Struct, gc=False):
+    reasoning_tokens: int | None = None
+
+
 class Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
     prompt_tokens_details: PromptDetails | None = None
+    completion_tokens_details: CompletionDetails | None = None
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """The hidden reasoning the completion count includes, as reported (0 if not)."""
+        details = self.completion_tokens_details
+        tokens = details.reasoning_tokens if details is not None else None
+        return tokens if isinstance(tokens, int) and tokens > 0 else 0
 
 
 class Function(msgspec.Struct, gc=False):
@@ -38,15 +63,23 @@ class Function(msgspec.Struct, gc=False):
 
 
 class ToolCall(msgspec.Struct, gc=False):
+    index: int = 0  # which call a streamed piece belongs to
+    id: str | None = None
     function: Function | None = None
+
+
+class Audio(msgspec.Struct, gc=False):
+    transcript: str | None = None  # the generated speech's text (its audio is billed as such)
 
 
 class Message(msgspec.Struct, gc=False):
     content: str | None = None
     reasoning_content: str | None = None
+    reasoning: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
     function_call: Function | None = None
+    audio: Audio | None = None
 
 
 class Choice(msgspec.Struct, gc=False):
@@ -54,6 +87,7 @@ class Choice(msgspec.Struct, gc=False):
     message: Message | None = None  # chat answers
     delta: Message | None = None  # chat stream chunks
     text: str | None = None  # legacy completions
+    finish_reason: str | None = None
 
 
 class Answer(msgspec.Struct, gc=False):
@@ -61,6 +95,8 @@ class Answer(msgspec.Struct, gc=False):
 
     choices: list[Choice] | None = None
     usage: Usage | None = None
+    model: str | None = None
+    created: int | None = None
 
 
 class Chunk(msgspec.Struct, gc=False):
@@ -69,6 +105,7 @@ class Chunk(msgspec.Struct, gc=False):
     choices: list[Choice] | None = None
     usage: Usage | None = None
     error: dict[str, object] | None = None
+    model: str | None = None
 
 
 _NO_USAGE = msgspec.Raw(b"null")
@@ -80,6 +117,7 @@ class _LenientAnswer(msgspec.Struct, gc=False):
     choices: list[Choice] | None = None
     raw_usage: msgspec.Raw = msgspec.field(default=_NO_USAGE, name="usage")
     error: dict[str, object] | None = None
+    model: str | None = None
 
 
 _usage = msgspec.json.Decoder(Usage)
@@ -124,7 +162,7 @@ def decode_answer(data: bytes) -> Answer:
         return _answer.decode(data)
     except msgspec.ValidationError:
         lenient = _lenient.decode(data)  # raises again if the trouble is not the usage
-        return Answer(lenient.choices, _lenient_usage(lenient.raw_usage))
+        return Answer(lenient.choices, _lenient_usage(lenient.raw_usage), lenient.model)
 
 
 #: :func:`decode_chunk` without its second, lenient reading: ``msgspec.ValidationError`` where
@@ -137,7 +175,9 @@ def decode_chunk(data: bytes) -> Chunk:
         return _chunk.decode(data)
     except msgspec.ValidationError:
         lenient = _lenient.decode(data)
-        return Chunk(lenient.choices, _lenient_usage(lenient.raw_usage), lenient.error)
+        return Chunk(
+            lenient.choices, _lenient_usage(lenient.raw_usage), lenient.error, lenient.model
+        )
 
 
 def plain_delta(chunk: Chunk) -> tuple[int, str] | None:
@@ -154,12 +194,19 @@ def plain_delta(chunk: Chunk) -> tuple[int, str] | None:
     return choice.index, delta.content or ""
 
 
-class _PlainDelta(msgspec.Struct, gc=False):
+class _PlainDelta(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """A delta whose only generated text is ``content``: every other field it may have is here,
+    typed to the only values that allow (vLLM may send an empty ``tool_calls``), and any field
+    not named here makes it no plain delta."""
+
     content: str | None = None
+    role: str | None = None
     reasoning_content: None = None
+    reasoning: None = None
     refusal: None = None
-    tool_calls: None = None
+    tool_calls: tuple[()] | None = None
     function_call: None = None
+    audio: None = None
 
 
 class _PlainChoice(msgspec.Struct, gc=False):
@@ -183,7 +230,9 @@ _plain = msgspec.json.Decoder(_PlainChunk)
 
 def decode_plain_delta(data: bytes) -> tuple[int, str]:
     """``plain_delta(decode_chunk_strictly(data))`` in one step, checked by the decoder: raise
-    ``msgspec.DecodeError`` (``ValidationError`` included) where that is None or raises."""
+    ``msgspec.DecodeError`` (``ValidationError`` included) where that is None or raises, and
+    for a delta with a field :class:`Message` does not read (the relay then reads it in full:
+    the same text metered, none passed as an empty delta)."""
     choice = _plain.decode(data).choices[0]
     return choice.index, choice.delta.content or ""
 
@@ -192,18 +241,27 @@ def content_only(message: Message) -> bool:
     """Whether ``content`` is the message's only generated text (the usual stream delta)."""
     return (
         message.reasoning_content is None
+        and message.reasoning is None
         and message.refusal is None
-        and message.tool_calls is None
+        and not message.tool_calls
         and message.function_call is None
+        and message.audio is None
     )
 
 
 def message_texts(message: Message) -> list[str]:
-    """The generated text of a message or delta that counts as completion tokens."""
-    texts = [t for t in (message.content, message.reasoning_content, message.refusal) if t]
+    """The generated text of a message or delta that counts as completion tokens: reasoning
+    first (it is generated first), then the answer, refusal, tool calls and audio transcript."""
+    texts = [
+        t
+        for t in (message.reasoning, message.reasoning_content, message.content, message.refusal)
+        if t
+    ]
     for call in message.tool_calls or ():
         if call.function is not None:
             texts.extend(t for t in (call.function.name, call.function.arguments) if t)
     if message.function_call is not None:
         texts.extend(t for t in (message.function_call.name, message.function_call.arguments) if t)
+    if message.audio is not None and message.audio.transcript:
+        texts.append(message.audio.transcript)
     return texts

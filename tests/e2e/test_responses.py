@@ -193,7 +193,7 @@ async def test_non_stream_is_translated_to_chat_and_billed(
         {"role": "user", "content": "hello"},
     ]
     assert sent.body["temperature"] == 0.5
-    assert "max_tokens" not in sent.body, "no bound asked, and the wallet covers the default"
+    assert sent.body["max_tokens"] == 4096, "no bound asked: the default, which is reserved"
     for dropped in ("input", "instructions", "metadata", "store", "stream"):
         assert dropped not in sent.body
     assert sent.body["script"] == {"words": 5, "cached_tokens": 4}, "unknown fields pass"

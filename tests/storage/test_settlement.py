@@ -73,9 +73,7 @@ async def _settlement(
         stream=False,
         extend_step=256,
     )
-    meter = Meter(
-        TokenCounter("o200k_base"), PRICES, prompt_tokens=PROMPT_TOKENS, completion_cap=None
-    )
+    meter = Meter(TokenCounter("o200k_base"), PRICES, prompt_tokens=PROMPT_TOKENS)
     settlement.attach(ROUTE, meter)
     return settlement, wallet.id
 
