@@ -72,6 +72,9 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     max_answer_bytes: int = 64 * 1024 * 1024
     #: Seconds in-flight requests may take to finish on shutdown.
     graceful_shutdown_s: float = 10.0
+    #: A client that takes nothing of its answer for this long (its connection's buffers are
+    #: full) is disconnected: its upstream request is closed and it pays for what it was sent.
+    send_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -81,6 +84,7 @@ class ServerConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         if self.max_answer_bytes < 1024:
             raise _problem("max_answer_bytes", "must be at least 1024")
         _check_seconds(self, "graceful_shutdown_s")
+        _check_seconds(self, "send_timeout_s", strict=True)
 
 
 class StorageConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -139,11 +143,17 @@ class MeteringConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=
     default_reserve_tokens: int = 4096
     #: Reservation step (tokens) when a stream extends its reservation.
     extend_tokens: int = 1024
+    #: When a client leaves a stream before the backend reported its usage (a reasoning model
+    #: reports the reasoning it hid only there), the gateway reads on for up to this many
+    #: seconds, relaying nothing, to learn that usage and charge it; 0: the upstream request
+    #: is closed at once.
+    drain_s: float = 5.0
 
     def __post_init__(self) -> None:
         for name in ("default_reserve_tokens", "extend_tokens"):
             if not 1 <= getattr(self, name) <= 10_000_000:
                 raise _problem(name, "must be between 1 and 10000000")
+        _check_seconds(self, "drain_s")
 
 
 class RateLimitConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):

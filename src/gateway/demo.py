@@ -63,14 +63,14 @@ class _Generated(UpstreamResponse):
         self._parts = parts
         self._delay = delay_s
         self._closed = False
+        self._next = 0  # the part to send next: chunks() called again goes on from there
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        for i, part in enumerate(self._parts):
-            if self._closed:
-                return
-            if i and self._delay:
+        while self._next < len(self._parts) and not self._closed:
+            if self._next and self._delay:
                 await asyncio.sleep(self._delay)
-            yield part
+            self._next += 1
+            yield self._parts[self._next - 1]
 
     def close(self) -> None:
         self._closed = True

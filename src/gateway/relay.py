@@ -52,6 +52,10 @@ log = structlog.get_logger("gateway.relay")
 _ERROR_BODY_BYTES = 64 * 1024
 
 
+#: The events after which a stream has nothing more to say.
+_ENDS = frozenset({Action.DONE, Action.ERROR})
+
+
 @dataclass(frozen=True, slots=True)
 class Answer:
     """A complete answer to send as is."""
@@ -413,8 +417,9 @@ class Relay:
         held: list[bytes] = []
         ended = False
         plain = True  # the last event read was a plain delta: the next read may open with some
+        reads = _Reads(first, dialect, parser, response, chunks)
         try:
-            async for events in _reads(first, dialect, parser, chunks):
+            async for events in reads:
                 run = dialect.read_plain_run(events) if plain else []
                 if _folded(events, len(run)) or not meter.record_all(run, settlement.reserved):
                     # near the reservation, or past a read's plain deltas: event by event
@@ -489,8 +494,12 @@ class Relay:
             status = UsageStatus.CLIENT_DISCONNECTED
             raise
         finally:
-            response.close()
-            await settlement.settle(status, error=error.code if error else None)
+            try:
+                if status is UsageStatus.CLIENT_DISCONNECTED and meter.reported is None:
+                    await self._drain(reads, dialect, meter, settlement)
+            finally:
+                response.close()
+                await settlement.settle(status, error=error.code if error else None)
         if settlement.failed is not None:
             yield LastChunk(dialect.stream_error(settlement.failed))
             return
@@ -500,6 +509,42 @@ class Relay:
         tail = dialect.stream_tail(held, meter.usage(settlement.reserved))
         if tail:
             yield LastChunk(b"".join(tail))
+
+    async def _drain(
+        self,
+        reads: _Reads,
+        dialect: Dialect,
+        meter: Meter,
+        settlement: Settlement,
+    ) -> None:
+        """The client left before the backend's usage came (a reasoning model reports the
+        reasoning it hid only there): read on, relaying nothing, for up to ``[metering]
+        drain_s``, until the usage comes, the stream ends, or what was generated meanwhile
+        spends the reservation. What is read is metered; the usage, if it came, is charged
+        (as far as the reservation pays)."""
+        wait = self._config.metering.drain_s
+        if wait <= 0:
+            return
+        reserved = settlement.reserved
+        try:
+            async with asyncio.timeout(wait):
+                async for events in reads:
+                    for event in events:
+                        step = dialect.read_event(event)
+                        if step.usage is not None:
+                            meter.reported = step.usage
+                        if meter.reported is not None or step.action in _ENDS:
+                            return
+                        if step.texts:
+                            added = meter.peek_bound(step.texts)
+                            if not meter.fits(added, reserved):
+                                meter.recount()
+                                added = meter.peek(step.texts)
+                                if not meter.fits(added, reserved):
+                                    return  # the reservation is spent: nothing more is paid
+                            meter.record(step.texts, added)
+        except (TimeoutError, UpstreamError):
+            pass
 
     @staticmethod
     async def _afford_exactly(meter: Meter, texts: Texts, settlement: Settlement) -> bool:
@@ -513,19 +558,48 @@ class Relay:
         return True
 
 
-async def _reads(
-    first: list[Event], dialect: Dialect, parser: SSEParser, chunks: AsyncIterator[bytes]
-) -> AsyncIterator[list[Event]]:
-    """The events each upstream read completes (reads that complete none are skipped)."""
-    if first:
-        yield first
-    async for chunk in chunks:
-        events = _feed(dialect, parser, chunk)
-        if events:
-            yield events
-    rest = parser.flush()
-    if rest:
-        yield rest
+class _Reads:
+    """The events each upstream read of a stream completes (reads that complete none are
+    skipped), starting with ``first``. A read cancelled with its request (the client left)
+    does not end it: the next one goes on from where the body is, for the drain."""
+
+    def __init__(
+        self,
+        first: list[Event],
+        dialect: Dialect,
+        parser: SSEParser,
+        response: UpstreamResponse,
+        chunks: AsyncIterator[bytes],
+    ) -> None:
+        self._first = first
+        self._dialect = dialect
+        self._parser = parser
+        self._response = response
+        self._chunks = chunks
+        self._flushed = False
+
+    def __aiter__(self) -> _Reads:
+        return self
+
+    async def __anext__(self) -> list[Event]:
+        if self._first:
+            first, self._first = self._first, []
+            return first
+        while True:
+            try:
+                chunk = await anext(self._chunks)
+            except StopAsyncIteration:
+                rest = [] if self._flushed else self._parser.flush()
+                self._flushed = True
+                if rest:
+                    return rest
+                raise
+            except asyncio.CancelledError:
+                self._chunks = self._response.chunks()  # the cancelled iterator has ended
+                raise
+            events = _feed(self._dialect, self._parser, chunk)
+            if events:
+                return events
 
 
 def _feed(dialect: Dialect, parser: SSEParser, chunk: bytes) -> list[Event]:

@@ -99,7 +99,8 @@ class UpstreamResponse(abc.ABC):
 
     @abc.abstractmethod
     def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives."""
+        """The body as it arrives; called again (after the first iterator was closed or
+        cancelled), it goes on from where that one stopped."""
 
     async def read(self, limit: int) -> bytes:
         """The whole body; ``UpstreamError`` past ``limit`` bytes."""

@@ -7,13 +7,18 @@ The route prices a token at 0.001 credit (input and output), so costs read as to
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from e2e.helpers import HELLO, HELLO_TOKENS, POSTGRES_URL, parse_sse
+from e2e.helpers import HELLO, HELLO_TOKENS, POSTGRES_URL, count, eventually, parse_sse
 from gateway_proc import ADMIN_TOKEN, D, GatewayFactory, GatewayProcess
 from upstream import UpstreamServer, answer_text
 
@@ -402,3 +407,217 @@ async def test_a_translated_responses_request_refuses_several_choices(
     )
     assert response.status_code == 200, response.text
     assert upstream.last.body["max_completion_tokens"] == 20
+
+
+# -- 1. a client that stops reading ---------------------------------------------------------------
+async def _stalled_stream(
+    gateway: GatewayProcess, secret: str, body: dict[str, Any]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Send a stream request on a connection with a small receive buffer, read its head, and
+    leave the rest unread: (reader, writer, what was read)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    host, port = gateway.url.removeprefix("http://").split(":")
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
+    payload = json.dumps(body).encode()
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gateway\r\n"
+        + f"Authorization: Bearer {secret}\r\nContent-Type: application/json\r\n".encode()
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return reader, writer, head + await reader.read(2048)
+
+
+def _big_stream(words: int) -> dict[str, Any]:
+    """A stream of ``words`` events of about a kilobyte each, as fast as the backend goes."""
+    return {
+        "model": "m",
+        "messages": HELLO,
+        "stream": True,
+        "max_tokens": 200 * words,
+        "script": {"words": words, "word": " " + "x" * 1000, "usage": False},
+    }
+
+
+async def test_a_client_that_stops_reading_is_disconnected_and_pays_for_what_it_was_sent(
+    start: Start,
+) -> None:
+    # (drain_s 0: the upstream is closed at once, as for any client that leaves)
+    gateway, upstream = start(server={"send_timeout_s": 1}, metering={"drain_s": 0})
+    wallet_id, secret = _account(gateway, "100000")
+    reader, writer, _ = await _stalled_stream(gateway, secret, _big_stream(20_000))
+    try:
+        # nothing more is read: the gateway's writes wait, then it gives the client up
+        with gateway.admin() as admin:
+            record = await eventually(
+                lambda: [u for u in admin.usage(wallet_id=wallet_id) if u["status"] != "ok"],
+                within=15,
+                what="the stalled stream's settlement",
+            )
+        assert record[0]["status"] == "client_disconnected", record
+        assert D(record[0]["cost"]) > 0, "it pays for what it was sent"
+        assert D(record[0]["shortfall"]) == 0
+        # its connection was dropped: what was buffered, then the end
+        rest = b""
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(65536), 10):
+                rest += chunk
+        assert b"[DONE]" not in rest
+    finally:
+        writer.close()
+    stream = await eventually(lambda: upstream.streams[-1], lambda s: not s.open)
+    assert not stream.finished, "the upstream request was closed"
+    assert "client_stalled" in gateway.output()
+    _books(gateway, wallet_id)
+
+
+async def test_a_client_that_pauses_past_its_lease_still_pays_for_all_it_reads(
+    start: Start,
+) -> None:
+    # The issue as found: the client stops reading for longer than the lease; the sweep then
+    # released the live request's reservation, and the settlement charged nothing.
+    gateway, _upstream = start(
+        storage={"reservation_lease_s": 1.5, "sweep_interval_s": 1}, server={"send_timeout_s": 30}
+    )
+    wallet_id, secret = _account(gateway, "100000")
+    words = 2_000
+    reader, writer, head = await _stalled_stream(gateway, secret, _big_stream(words))
+    try:
+        await asyncio.sleep(4)  # three leases without reading
+        body = head + await asyncio.wait_for(_read_to_end(reader), 30)
+    finally:
+        writer.close()
+    assert b"data: [DONE]" in body
+    assert body.endswith(b"\r\n0\r\n\r\n")
+    with gateway.admin() as admin:
+        [record] = admin.usage(wallet_id=wallet_id)
+    per_word = count(" " + "x" * 1000)
+    assert record["status"] == "ok", record
+    assert record["completion_tokens"] == count(answer_text(words, " " + "x" * 1000))
+    assert D(record["cost"]) == (HELLO_TOKENS + record["completion_tokens"]) * TOKEN
+    assert record["completion_tokens"] > per_word * (words - 1)
+    _books(gateway, wallet_id)
+
+
+async def _read_to_end(reader: asyncio.StreamReader) -> bytes:
+    out = b""
+    while chunk := await reader.read(65536):
+        out += chunk
+    return out
+
+
+# -- 6. a client that leaves before the usage came -------------------------------------------------
+@pytest.mark.parametrize("drain_s", [0, 10])
+async def test_hidden_reasoning_is_charged_when_the_client_leaves_at_the_first_words(
+    start: Start, drain_s: float
+) -> None:
+    gateway, upstream = start(metering={"drain_s": drain_s})
+    wallet_id, secret = _account(gateway, "100")
+    body = {
+        "model": "m",
+        "messages": HELLO,
+        "stream": True,
+        "max_completion_tokens": 25_000,
+        "script": {
+            "words": 60,
+            "chunk_delay_s": 0.02,
+            "reasoning": {"words": 20_000, "field": None},  # hidden, reported at the end
+        },
+    }
+    async with (
+        _client(gateway, secret) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+        async for line in response.aiter_lines():
+            if '"content": "hello"' in line or '"content":"hello"' in line:
+                break  # the first visible word: the client has what it wanted
+    with gateway.admin() as admin:
+        record = admin.usage_record(request_id, timeout=drain_s + 10)
+    assert record["status"] == "client_disconnected", record
+    stream = await eventually(lambda: upstream.streams[-1], lambda s: not s.open)
+    if drain_s:  # read on to the usage: the reasoning and the answer are charged
+        assert stream.finished, "the gateway read the stream to its end"
+        assert record["completion_tokens"] == 20_060, record
+    else:  # closed at once: only what it was sent
+        assert not stream.finished
+        assert record["completion_tokens"] < 60, record
+    assert D(record["cost"]) == (record["prompt_tokens"] + record["completion_tokens"]) * TOKEN
+    _books(gateway, wallet_id)
+
+
+async def test_the_drain_stops_when_the_reservation_is_spent(start: Start) -> None:
+    gateway, upstream = start(metering={"drain_s": 30})
+    wallet_id, secret = _account(gateway, "100")
+    body = {
+        "model": "m",
+        "messages": HELLO,
+        "stream": True,
+        "max_tokens": 100,  # ignored: the backend would go on for 20,000 words
+        "script": {"words": 20_000, "chunk_delay_s": 0.03, "usage": False},
+    }
+    async with (
+        _client(gateway, secret) as client,
+        client.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        request_id = response.headers["x-request-id"]
+        async for _line in response.aiter_lines():
+            break
+    with gateway.admin() as admin:
+        record = admin.usage_record(request_id, timeout=20)
+    assert record["completion_tokens"] == 100, record  # what the reservation paid for
+    stream = await eventually(lambda: upstream.streams[-1], lambda s: not s.open, within=10)
+    assert not stream.finished
+    assert stream.chunks_sent < 200
+    _books(gateway, wallet_id)
+
+
+# -- 8. one SQLite file, one server, whatever path reaches it ----------------------------------
+def test_a_second_server_on_the_same_sqlite_file_through_a_link_is_refused(
+    gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    first = gateway_factory(
+        backends=[{"name": "a", "base_url": "http://127.0.0.1:9/v1"}], routes=[ROUTE]
+    )
+    database = Path(first.config["storage"]["url"].removeprefix("sqlite:///"))
+    link = tmp_path / "elsewhere" / "ledger.db"
+    link.parent.mkdir()
+    link.symlink_to(database)
+    second = gateway_factory(
+        backends=[{"name": "a", "base_url": "http://127.0.0.1:9/v1"}],
+        routes=[ROUTE],
+        storage={"url": f"sqlite:///{link}"},
+        start=False,
+    )
+    with pytest.raises(AssertionError, match="exited with"):
+        second.start()
+    assert "another gateway process is serving" in second.output()
+    assert first.running
+
+
+# -- 9. no balance past the largest amount -------------------------------------------------------
+async def test_a_credit_or_transfer_past_the_largest_balance_is_refused(start: Start) -> None:
+    gateway, _upstream = start()
+    with gateway.admin() as admin:
+        rich = admin.make_wallet("999999999999.5")  # the largest balance is 10^12 credits
+        other = admin.make_wallet("10")
+        refused = admin.credit(rich, "1")
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["type"] == "invalid_request_error"
+        assert "largest amount" in refused.json()["error"]["message"]
+        moved = admin.http.post(
+            "/admin/transfers", json={"from_wallet": other, "to_wallet": rich, "amount": "1"}
+        )
+        assert moved.status_code == 400, moved.text
+        assert admin.wallet(rich)["balance"] == "999999999999.5"
+        assert admin.wallet(other)["balance"] == "10"
+        assert admin.credit(rich, "0.5").status_code in (200, 201)
+        assert admin.wallet(rich)["balance"] == "1000000000000"
+        admin.assert_books_balance(rich)
+        admin.assert_books_balance(other)

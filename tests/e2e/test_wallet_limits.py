@@ -254,8 +254,13 @@ async def test_a_client_that_disconnects_pays_for_what_was_generated(
             break
     await stream.close()
 
+    # the gateway reads on, relaying nothing, for up to [metering] drain_s (5 s by default)
+    # for the backend's usage; the stream lasts 8 s, so it closes the upstream request then
     record = await eventually(
-        lambda: upstream.streams[-1], lambda s: not s.open, what="the upstream stream to close"
+        lambda: upstream.streams[-1],
+        lambda s: not s.open,
+        within=5 + 5,
+        what="the upstream stream to close",
     )
     assert record.disconnected, "the gateway closed the upstream request"
     assert record.chunks_sent < 400

@@ -12,6 +12,8 @@ another method, and the request id on every answer.
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from litestar.types import HTTPScope, Message, Receive, Send
 
@@ -50,7 +52,9 @@ class MethodNotAllowed(InvalidRequest):
 class MeteredAPI:
     def __init__(self, services: Services) -> None:
         self._services = services
-        self._max_body = services.config.server.max_body_bytes
+        config = services.config
+        self._max_body = config.server.max_body_bytes
+        self._send_timeout_s = config.server.send_timeout_s
 
     @staticmethod
     def endpoint_for(path: str) -> Endpoint | None:
@@ -98,7 +102,7 @@ class MeteredAPI:
                 await respond(answer.status, answer.body, out)
                 return
             started = True
-            await _send_stream(answer, receive, send, rid)
+            await _send_stream(answer, receive, send, rid, self._send_timeout_s)
         except ClientGone:  # it left while sending its body: nobody to answer
             return
         except GatewayError as exc:
@@ -134,32 +138,78 @@ class MeteredAPI:
 
 
 async def _send_stream(
-    answer: StreamAnswer, receive: Receive, send: Send, rid: tuple[bytes, bytes]
+    answer: StreamAnswer,
+    receive: Receive,
+    send: Send,
+    rid: tuple[bytes, bytes],
+    send_timeout_s: float,
 ) -> None:
     """Send a stream, watching for the client leaving (the stream is then cancelled, and its
-    settlement records the disconnect). However it ends, it is settled before this returns."""
+    settlement records the disconnect), and for a client that takes nothing of it for
+    ``send_timeout_s`` (its connection is dropped, then the same). However it ends, it is
+    settled before this returns."""
     body = answer.body
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    since = 0.0  # when the write under way began (0: none is)
+    stalled = False
+
+    async def write(message: Message) -> None:
+        nonlocal since
+        since = loop.time()
+        await send(message)  # waits while the client's connection takes nothing
+        since = 0.0
 
     async def pump() -> None:
         start: Message = {
             "type": "http.response.start", "status": 200, "headers": [*_STREAM_HEADERS, rid]
         }  # fmt: skip
-        await send(start)
+        await write(start)
         ended = False
         async for chunk in body:
             ended = type(chunk) is LastChunk
-            await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
+            await write({"type": "http.response.body", "body": chunk, "more_body": not ended})
         if not ended:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await write({"type": "http.response.body", "body": b"", "more_body": False})
 
+    every = send_timeout_s / 4
+    timer: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal stalled, timer
+        if since and loop.time() - since >= send_timeout_s:
+            stalled = True
+            task.cancel()
+        else:
+            timer = loop.call_later(every, check)
+
+    timer = loop.call_later(every, check)
     try:
         await unless_client_leaves(receive, pump())  # watched from 250 ms in, like the rest
     except ClientGone:
         pass  # settled as a disconnect, below or by the stream itself
+    except asyncio.CancelledError:
+        if not stalled or task.uncancel() > 0:
+            raise
+        log.warning("client_stalled", request_id=answer.settlement.request_id)
+        _abort(send)
     finally:
+        if timer is not None:
+            timer.cancel()
         await body.aclose()
         # the net for a stream that never started (the client left before its first byte)
         await answer.settlement.settle(UsageStatus.CLIENT_DISCONNECTED, charge=False)
+
+
+def _abort(send: Send) -> None:
+    """Drop the client's connection at once, unflushed: closing it gracefully would wait for a
+    client that takes nothing, its socket held meanwhile. ASGI has no message for it; uvicorn's
+    ``send`` is a method of the exchange, whose ``transport`` it is. (Under another server,
+    the answer is left unfinished, which the server ends its own way.)"""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if isinstance(transport, asyncio.BaseTransport):
+        transport.abort()  # type: ignore[attr-defined]
 
 
 def _header_dict(scope: HTTPScope) -> dict[str, str]:
