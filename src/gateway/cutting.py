@@ -25,29 +25,32 @@ _MESSAGE_TEXTS = ("reasoning", "reasoning_content", "content", "refusal")
 
 
 class _Budget:
-    """Tokens left to keep, spent text by text."""
+    """Tokens left to keep, spent text by text. The texts kept are counted together, as the
+    meter counts a choice's texts (a token may span two of them)."""
 
     def __init__(self, keep: int, counter: TokenCounter) -> None:
-        self.left = keep
+        self.keep = keep
         self.cut = False
         self._counter = counter
+        self._kept = ""
 
     def take(self, text: object) -> object:
         """``text`` as far as the budget pays for it (anything not a string as is)."""
         if not isinstance(text, str) or not text:
             return text
-        tokens = self._counter.count_text(text)
-        if tokens <= self.left:
-            self.left -= tokens
+        joined = self._kept + text
+        if self._counter.count_text(joined) <= self.keep:
+            self._kept = joined
             return text
         self.cut = True
-        kept = self._counter.prefix(text, self.left)
-        self.left = 0
+        prefix = self._counter.prefix(joined, self.keep)
+        kept = prefix[len(self._kept) :] if prefix.startswith(self._kept) else ""
+        self._kept += kept
         return kept
 
     @property
     def spent(self) -> bool:
-        return self.left <= 0
+        return self.cut or self._counter.count_text(self._kept) >= self.keep
 
 
 def cut_choices(answer: dict[str, Any], keep: int, counter: TokenCounter) -> bool:
