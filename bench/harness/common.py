@@ -19,12 +19,14 @@ CHUNKS = 100  # content chunks in the upstream's fixed SSE answer
 HOST = "127.0.0.1"
 
 SCENARIOS = ("scenario1", "scenario2", "scenario3", "scenario4", "scenario5")
-CONTENDERS = ("direct", "nginx", "relay", "gateway", "litellm")
+#: ``baseline`` runs only with ``--baseline DIR``: the gateway of another source tree, for A/B.
+CONTENDERS = ("direct", "nginx", "relay", "gateway", "baseline", "litellm")
 LABELS = {
     "direct": "upstream directly (nginx)",
     "nginx": "nginx reverse proxy",
     "relay": "bare relay (Litestar + aiohttp)",
     "gateway": "gateway (full metering, SQLite)",
+    "baseline": "gateway as built from --baseline",
     "litellm": "LiteLLM proxy (1 worker, no DB)",
 }
 

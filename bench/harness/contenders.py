@@ -137,10 +137,14 @@ class Gateway(Contender):
 
     binary = ROOT / ".venv" / "bin" / "gateway"
 
-    def __init__(self, db: Path | None = None, tag: str = "gateway") -> None:
+    def __init__(
+        self, db: Path | None = None, tag: str = "gateway", src: Path | None = None
+    ) -> None:
         self.proc: Proc | None = None
         self.fixed_db = db
         self.tag = tag
+        #: Another source tree's ``src`` first on the path: its gateway, in this venv.
+        self.src = src
         self.db: Path | None = None
         self.startup_s = 0.0
 
@@ -180,7 +184,10 @@ output_price = "0.60"
         self.proc = Proc(
             self.tag,
             [str(self.binary), "serve", "--config", str(config), "--port", str(port)],
-            env=child_env(GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN),
+            env=child_env(
+                GATEWAY_ADMIN_TOKEN=ADMIN_TOKEN,
+                **({"PYTHONPATH": str(self.src / "src")} if self.src is not None else {}),
+            ),
         )
         wait_port(port, self.proc, 120)
         self.startup_s = time.monotonic() - started

@@ -20,6 +20,7 @@ class Options:
     contenders: list[str]
     litellm: Path
     gateway: Path
+    baseline: Path | None
     paced_streams: int
     paced_tokens: int
     paced_ramp: float
@@ -60,6 +61,13 @@ def parse(argv: Sequence[str]) -> Options:
     parser.add_argument(
         "--litellm", type=Path, default=WORK / "venv" / "bin" / "litellm", help="LiteLLM binary"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another source tree of the gateway (e.g. a git worktree of main): its gateway "
+        "runs beside this one as the contender 'baseline', interleaved, for an A/B",
+    )
     args = parser.parse_args(argv)
     if args.only:
         wanted = []
@@ -76,6 +84,12 @@ def parse(argv: Sequence[str]) -> Options:
     for c in contenders:
         if c not in CONTENDERS:
             parser.error(f"unknown contender {c!r}: one of {', '.join(CONTENDERS)}")
+    if args.baseline is not None:
+        if not (args.baseline / "src" / "gateway").is_dir():
+            parser.error(f"--baseline {args.baseline}: no src/gateway in it")
+        contenders.append("baseline")
+    elif "baseline" in contenders:
+        parser.error("the contender 'baseline' needs --baseline DIR")
     contenders = [c for c in CONTENDERS if c in contenders]
     seconds = args.duration or (3 if args.quick else 10)
     return Options(
@@ -86,6 +100,7 @@ def parse(argv: Sequence[str]) -> Options:
         contenders=contenders,
         litellm=args.litellm,
         gateway=args.gateway.resolve(),
+        baseline=args.baseline.resolve() if args.baseline is not None else None,
         paced_streams=args.streams,
         paced_tokens=args.tokens or (60 if args.quick else 200),
         paced_ramp=args.ramp,

@@ -26,6 +26,7 @@ class Session:
             "nginx": NginxProxy,
             "relay": Relay,
             "gateway": Gateway,
+            "baseline": lambda: Gateway(tag="baseline", src=self.opts.baseline),
             "litellm": lambda: LiteLLM(self.opts.litellm),
         }
         return factories[name]()

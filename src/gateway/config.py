@@ -9,6 +9,7 @@ The tree is passed explicitly to whatever needs it; nothing keeps it in a module
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import tomllib
@@ -207,10 +208,7 @@ class BackendConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=T
         """The field :attr:`max_tokens_field` names, or the one its host is known to read."""
         if self.max_tokens_field is not None:
             return self.max_tokens_field
-        host = (urllib.parse.urlsplit(self.base_url).hostname or "").lower()
-        if host == "api.openai.com" or host.endswith(".openai.azure.com"):
-            return "max_completion_tokens"
-        return "max_tokens"
+        return _bound_field_of_host(self.base_url)
 
 
 class RouteConfig(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -275,6 +273,15 @@ class Config(_Section, frozen=True, kw_only=True, forbid_unknown_fields=True):
             if backend.name == name:
                 return backend
         raise KeyError(name)
+
+
+@functools.cache
+def _bound_field_of_host(base_url: str) -> str:
+    """The chat bound field a backend's host reads (asked for by every request: cached)."""
+    host = (urllib.parse.urlsplit(base_url).hostname or "").lower()
+    if host == "api.openai.com" or host.endswith(".openai.azure.com"):
+        return "max_completion_tokens"
+    return "max_tokens"
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

@@ -17,6 +17,8 @@ __all__ = ["CHAT", "COMPLETIONS", "EMBEDDINGS", "RESPONSES", "Endpoint", "Plan",
 
 #: The most choices one request may ask for (``n``, ``best_of``).
 MAX_CHOICES = 128
+#: Every field some backend reads as the bound on each generated choice.
+_ANY_BOUND = BOUND_FIELDS + VENDOR_BOUND_FIELDS
 
 
 def _require_list(field: str) -> Callable[[Mapping[str, Any]], None]:
@@ -178,10 +180,11 @@ def plan_request(endpoint: Endpoint, body: Mapping[str, Any]) -> Plan:
     ]
     # another API's or server's name for the bound, which some backend may read: a positive
     # one bounds what is reserved too (any other value is overwritten upstream)
-    for name in (*BOUND_FIELDS, *VENDOR_BOUND_FIELDS):
-        value = body.get(name)
-        if name not in endpoint.bound_fields and type(value) is int and value > 0:
-            bounds.append(value)
+    for name in _ANY_BOUND:
+        if name in body:
+            value = body[name]
+            if name not in endpoint.bound_fields and type(value) is int and value > 0:
+                bounds.append(value)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object.", param="stream_options")

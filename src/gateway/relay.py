@@ -352,11 +352,14 @@ class Relay:
         body = await response.read(self._config.server.max_answer_bytes)
         response.release()
         meter.reported, texts = dialect.read_answer(body)
-        meter.record(texts, 0)
-        meter.recount()
-        if not meter.fits(0, settlement.reserved) and not await settlement.cover(meter.cost_with()):
-            keep = meter.paid_completion(settlement.reserved) // plan.candidates
-            body = dialect.cut_answer(body, keep, meter.counter)
+        meter.record(texts, meter.peek_bound(texts))  # most answers surely fit: no tokenizing
+        if not meter.fits(0, settlement.reserved):
+            meter.recount()
+            if not meter.fits(0, settlement.reserved) and not await settlement.cover(
+                meter.cost_with()
+            ):
+                keep = meter.paid_completion(settlement.reserved) // plan.candidates
+                body = dialect.cut_answer(body, keep, meter.counter)
         self._succeeded(route)
         await settlement.settle(UsageStatus.OK)
         if settlement.failed is not None:

@@ -93,8 +93,10 @@ class Holds:
     ) -> int | Short:
         """Hold up to ``maximum`` (at least ``minimum``) of the wallet, and of the key's limit,
         for a reservation whose row is not written yet; else why not (:class:`Short`)."""
-        key = self._account_of(key_id)
         with self._lock:
+            key = None if key_id is None else key_account(key_id)
+            if key in self._unlimited:
+                key = None
             known = self._known.get(wallet_id)
             if known is None or (key is not None and key not in self._known):
                 return Short.UNKNOWN
@@ -138,10 +140,6 @@ class Holds:
             else:
                 self._known[account] = figure
 
-    def knows(self, account: str) -> bool:
-        with self._lock:
-            return account in self._known or account in self._unlimited
-
     def limited(self, key_id: str | None) -> bool | None:
         """Whether the key has a spend limit: None when not known (read it)."""
         if key_id is None:
@@ -151,14 +149,6 @@ class Holds:
             if key in self._unlimited:
                 return False
             return True if key in self._known else None
-
-    def _account_of(self, key_id: str | None) -> str | None:
-        """The key's account, or None when the key has no limit (as far as known)."""
-        if key_id is None:
-            return None
-        key = key_account(key_id)
-        with self._lock:
-            return None if key in self._unlimited else key
 
     # -- storage, inside a transaction ------------------------------------------------------
     def unwritten(self, account: str) -> int:
