@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from gateway.tokens import (
     image_tokens,
     resolve_encoding,
 )
+from media import data_url, gif, jpeg, jpeg_segment, png, riff, webp_vp8, webp_vp8l, webp_vp8x
 
 CL100K = TokenCounter("cl100k_base")
 O200K = TokenCounter("o200k_base")
@@ -561,88 +561,6 @@ def test_count_responses_input_never_raises(instructions: Any, input: Any, tools
 # --- parts that are not text: bounded by their size ----------------------------------------------
 
 
-def _png(width: int, height: int) -> bytes:
-    """A valid 1-bit greyscale PNG of that size (all black)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    rows = (b"\x00" + b"\x00" * ((width + 7) // 8)) * height
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
-def _gif(width: int, height: int) -> bytes:
-    """A valid GIF: a logical screen of that size holding one black pixel."""
-    return (
-        b"GIF89a"
-        + struct.pack("<HHBBB", width, height, 0x80, 0, 0)
-        + b"\x00\x00\x00\xff\xff\xff"  # a global colour table of 2 entries
-        + b","
-        + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
-        + b"\x02\x02\x44\x01\x00"  # LZW data of one pixel
-        + b";"
-    )
-
-
-def _riff(kind: bytes, chunks: bytes) -> bytes:
-    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + kind + chunks
-
-
-def _webp_vp8(width: int, height: int) -> bytes:
-    frame = b"\x00\x00\x00" + b"\x9d\x01\x2a" + struct.pack("<HH", width, height) + b"\x00" * 8
-    return _riff(b"WEBP", b"VP8 " + struct.pack("<I", len(frame)) + frame)
-
-
-def _webp_vp8l(width: int, height: int) -> bytes:
-    bits = (width - 1) | (height - 1) << 14
-    data = b"\x2f" + struct.pack("<I", bits) + b"\x00" * 7
-    return _riff(b"WEBP", b"VP8L" + struct.pack("<I", len(data)) + data)
-
-
-def _webp_vp8x(width: int, height: int) -> bytes:
-    data = b"\x00" * 4 + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
-    return _riff(b"WEBP", b"VP8X" + struct.pack("<I", len(data)) + data)
-
-
-def _segment(marker: int, payload: bytes) -> bytes:
-    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-
-def _jpeg(
-    width: int, height: int, *, sof: int = 0xC0, padding: int = 0, fill: bool = False
-) -> bytes:
-    """A JPEG's segments up to its frame header: APP0, ``padding`` bytes of APP1 segments, a
-    quantisation table, a Huffman table (0xC4, which is no frame header), the frame header
-    ``sof`` (with fill bytes before it if ``fill``), a scan and the end."""
-    app = b""
-    while padding > 0:
-        size = min(padding, 65533)
-        app += _segment(0xE1, b"\x00" * size)
-        padding -= size
-    return (
-        b"\xff\xd8"
-        + _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
-        + app
-        + _segment(0xDB, b"\x00" + bytes(range(1, 65)))
-        + _segment(0xC4, b"\x00" + b"\x00" * 16)
-        + (b"\xff\xff" if fill else b"")
-        + _segment(sof, struct.pack(">BHHB", 8, height, width, 1) + b"\x01\x11\x00")
-        + _segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-        + b"\x12\x34\x56"
-        + b"\xff\xd9"
-    )
-
-
-def _data(mime: str, blob: bytes) -> str:
-    return f"data:{mime};base64," + base64.b64encode(blob).decode()
-
-
 def _chat_part(part: object) -> int:
     """What one content part adds to a chat message."""
     empty = O200K.count_chat_prompt([{"role": "user", "content": []}])
@@ -711,12 +629,12 @@ def test_image_tokens_are_bounded(width: int, height: int) -> None:
 
 
 _IMAGE_FORMATS = [
-    ("image/png", _png),
-    ("image/gif", _gif),
-    ("image/webp", _webp_vp8),
-    ("image/webp", _webp_vp8l),
-    ("image/webp", _webp_vp8x),
-    ("image/jpeg", _jpeg),
+    ("image/png", png),
+    ("image/gif", gif),
+    ("image/webp", webp_vp8),
+    ("image/webp", webp_vp8l),
+    ("image/webp", webp_vp8x),
+    ("image/jpeg", jpeg),
 ]
 
 
@@ -728,7 +646,7 @@ _IMAGE_FORMATS = [
 def test_image_data_urls_count_their_pixel_size(
     mime: str, make: Any, width: int, height: int, expected: int
 ) -> None:
-    url = _data(mime, make(width, height))
+    url = data_url(mime, make(width, height))
     for detail in (None, "high", "auto"):
         assert _chat_part(_image(url, detail)) == expected
         assert _chat_part({"type": "image_url", "image_url": url}) == expected
@@ -740,23 +658,23 @@ def test_image_data_urls_count_their_pixel_size(
 @pytest.mark.parametrize(
     "blob",
     [
-        _jpeg(2048, 4096, sof=0xC2),  # progressive
-        _jpeg(2048, 4096, sof=0xC1),
-        _jpeg(2048, 4096, fill=True),  # fill bytes before the frame header
-        _jpeg(2048, 4096, padding=50_000),  # beyond the first scan, within 64 KiB
+        jpeg(2048, 4096, sof=0xC2),  # progressive
+        jpeg(2048, 4096, sof=0xC1),
+        jpeg(2048, 4096, fill=True),  # fill bytes before the frame header
+        jpeg(2048, 4096, padding=50_000),  # beyond the first scan, within 64 KiB
     ],
     ids=["progressive", "extended", "fill-bytes", "after-50KB-of-exif"],
 )
 def test_jpeg_frame_headers_are_found(blob: bytes) -> None:
-    assert _chat_part(_image(_data("image/jpeg", blob))) == 1105
+    assert _chat_part(_image(data_url("image/jpeg", blob))) == 1105
     mime_lines = base64.encodebytes(blob).decode()  # newlines every 76 characters
     assert _chat_part(_image("data:image/jpeg;base64," + mime_lines)) == 1105
     urlsafe = base64.urlsafe_b64encode(blob).decode()
     assert _chat_part(_image("data:image/jpeg;base64," + urlsafe)) == 1105
 
 
-_PNG_2048 = _png(2048, 2048)
-_JPEG_2048 = _jpeg(2048, 2048)
+_PNG_2048 = png(2048, 2048)
+_JPEG_2048 = jpeg(2048, 2048)
 
 
 @pytest.mark.parametrize(
@@ -770,19 +688,19 @@ _JPEG_2048 = _jpeg(2048, 2048)
         "data:image/png;base64,!!!!",
         "data:image/png;base64,AAAA",
         "data:image/png," + _PNG_2048.decode("latin-1"),  # not base64
-        _data("image/png", _PNG_2048[:20]),  # truncated before the size
-        _data("image/png", _PNG_2048[:8] + b"\x00\x00\x00\x0dIHDX" + _PNG_2048[16:]),
-        _data("image/png", _png(0, 0)),
-        _data("image/gif", b"GIF89a\x00"),
-        _data("image/webp", _webp_vp8(2048, 2048)[:28]),
-        _data("image/webp", _riff(b"WEBP", b"VP8 " + b"\x00" * 30)),  # no start code
-        _data("image/bmp", b"BM" + b"\x00" * 60),  # a format not read
-        _data("image/jpeg", _JPEG_2048[:40]),  # truncated before the frame header
-        _data("image/jpeg", _JPEG_2048[:2] + b"\x00" + _JPEG_2048[2:]),  # not a marker
-        _data("image/jpeg", b"\xff\xd8" + _segment(0xDA, b"\x00" * 6) + _JPEG_2048[2:]),
-        _data("image/jpeg", b"\xff\xd8\xff\xe0\x00\x01"),  # a segment length below 2
-        _data("image/jpeg", _jpeg(2048, 2048, padding=70_000)),  # beyond the 64 KiB scanned
-        _data("image/jpeg", _jpeg(2048, 0)),  # height defined later (DNL): not read
+        data_url("image/png", _PNG_2048[:20]),  # truncated before the size
+        data_url("image/png", _PNG_2048[:8] + b"\x00\x00\x00\x0dIHDX" + _PNG_2048[16:]),
+        data_url("image/png", png(0, 0)),
+        data_url("image/gif", b"GIF89a\x00"),
+        data_url("image/webp", webp_vp8(2048, 2048)[:28]),
+        data_url("image/webp", riff(b"WEBP", b"VP8 " + b"\x00" * 30)),  # no start code
+        data_url("image/bmp", b"BM" + b"\x00" * 60),  # a format not read
+        data_url("image/jpeg", _JPEG_2048[:40]),  # truncated before the frame header
+        data_url("image/jpeg", _JPEG_2048[:2] + b"\x00" + _JPEG_2048[2:]),  # not a marker
+        data_url("image/jpeg", b"\xff\xd8" + jpeg_segment(0xDA, b"\x00" * 6) + _JPEG_2048[2:]),
+        data_url("image/jpeg", b"\xff\xd8\xff\xe0\x00\x01"),  # a segment length below 2
+        data_url("image/jpeg", jpeg(2048, 2048, padding=70_000)),  # beyond the 64 KiB scanned
+        data_url("image/jpeg", jpeg(2048, 0)),  # height defined later (DNL): not read
     ],
 )
 def test_images_of_unreadable_size_count_the_most_an_image_costs(url: str) -> None:
@@ -888,7 +806,7 @@ def _wav(
         + struct.pack("<I", size)
         + audio
     )
-    return _riff(b"WAVE", chunks)
+    return riff(b"WAVE", chunks)
 
 
 def _audio(data: str, format: str = "wav") -> dict[str, object]:
@@ -937,8 +855,8 @@ def _by_size(size: int) -> int:
         _wav(40_000, bits=0, byte_rate=0),
         _wav(40_000, channels=0),
         _wav(40_000)[:30],  # the fmt chunk cut short
-        _riff(b"WAVE", b"data" + struct.pack("<I", 100) + b"\x00" * 100),  # no fmt chunk
-        _riff(b"AVI ", b"\x00" * 100),
+        riff(b"WAVE", b"data" + struct.pack("<I", 100) + b"\x00" * 100),  # no fmt chunk
+        riff(b"AVI ", b"\x00" * 100),
     ],
 )
 def test_other_audio_counts_its_size_at_8_kbit_per_second(blob: bytes) -> None:
@@ -970,9 +888,9 @@ def test_audio_parts_without_data_count_nothing(part: dict[str, object]) -> None
 
 
 def test_responses_parts_given_as_items_count_as_the_part_alone() -> None:
-    image = _input_image(_data("image/png", _png(1024, 1024)), "high")
+    image = _input_image(data_url("image/png", png(1024, 1024)), "high")
     wav = _audio(base64.b64encode(_wav(40_000)).decode())
-    pdf = {"type": "input_file", "file_data": _data("application/pdf", b"%PDF-" * 100)}
+    pdf = {"type": "input_file", "file_data": data_url("application/pdf", b"%PDF-" * 100)}
     assert O200K.count_responses_input(None, [image]) == 3 + 765
     assert O200K.count_responses_input(None, [wav]) == 3 + 50
     assert O200K.count_responses_input(None, [pdf]) == 3 + 500

@@ -26,6 +26,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 __all__ = [
     "HELLO",
     "HELLO_TOKENS",
+    "MILLI_ROUTE",
     "POSTGRES_URL",
     "REACHABLE",
     "chat",
@@ -51,6 +52,15 @@ POSTGRES_URL = os.environ.get(
 REACHABLE: dict[str, str | None] = {}
 
 HELLO: list[dict[str, Any]] = [{"role": "user", "content": "hello"}]
+#: A route of model ``m`` on backend ``a`` at 0.001 credit a token, prompt or completion: costs
+#: read as token counts.
+MILLI_ROUTE: dict[str, Any] = {
+    "model": "m",
+    "backend": "a",
+    "input_price": "1000",
+    "output_price": "1000",
+    "tokenizer": "o200k_base",
+}
 #: HELLO's prompt tokens by OpenAI's recipe, in cl100k_base and o200k_base alike: 3 + 1 + 1 + 3.
 HELLO_TOKENS = 8
 

@@ -47,6 +47,7 @@ import redis
 from e2e.helpers import (
     HELLO,
     HELLO_TOKENS,
+    MILLI_ROUTE,
     POSTGRES_URL,
     REACHABLE,
     parse_sse,
@@ -68,13 +69,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 #: One token costs exactly 0.001 credit, so a few hundred requests drain a wallet of a credit.
-ROUTE: dict[str, Any] = {
-    "model": "m",
-    "backend": "a",
-    "input_price": "1000",
-    "output_price": "1000",
-    "tokenizer": "o200k_base",
-}
+ROUTE = MILLI_ROUTE
 WORDS = 5  # completion tokens of each scripted answer
 REQUEST_COST = Decimal(HELLO_TOKENS + WORDS) / 1000  # 0.013: prompt 8 + completion 5
 

@@ -18,19 +18,21 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.helpers import HELLO, HELLO_TOKENS, POSTGRES_URL, count, eventually, parse_sse
+from e2e.helpers import (
+    HELLO,
+    HELLO_TOKENS,
+    MILLI_ROUTE,
+    POSTGRES_URL,
+    count,
+    eventually,
+    parse_sse,
+)
 from gateway_proc import ADMIN_TOKEN, D, GatewayFactory, GatewayProcess
 from upstream import UpstreamServer, answer_text
 
 pytestmark = pytest.mark.e2e
 
-ROUTE: dict[str, Any] = {
-    "model": "m",
-    "backend": "a",
-    "input_price": "1000",
-    "output_price": "1000",
-    "tokenizer": "o200k_base",
-}
+ROUTE = MILLI_ROUTE
 TOKEN = D("0.001")
 
 Start = Callable[..., tuple[GatewayProcess, UpstreamServer]]

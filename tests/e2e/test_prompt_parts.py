@@ -7,50 +7,26 @@ The route prices a token at 0.001 credit (input and output), so costs read as to
 from __future__ import annotations
 
 import base64
-import struct
-import zlib
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
+from e2e.helpers import MILLI_ROUTE as ROUTE
 from gateway_proc import GatewayFactory, GatewayProcess
+from media import png
 from upstream import DEFAULT_PROMPT_TOKENS, UpstreamServer
 
 pytestmark = pytest.mark.e2e
-
-ROUTE: dict[str, Any] = {
-    "model": "m",
-    "backend": "a",
-    "input_price": "1000",
-    "output_price": "1000",
-    "tokenizer": "o200k_base",
-}
 
 #: A ~200 KB PDF: 200,000 tokens by its size, 200 credits.
 PDF = (b"%PDF-1.4\n" + b"% filler line of a large document\n" * 6_000)[: 200_000 - 6] + b"%%EOF\n"
 PDF_URL = "data:application/pdf;base64," + base64.b64encode(PDF).decode()
 
 
-def _png(width: int, height: int) -> bytes:
-    """A valid 1-bit greyscale PNG of that size."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data)
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    rows = (b"\x00" + b"\x00" * ((width + 7) // 8)) * height
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
 #: 2048 x 2048 at high detail: scaled to 768 x 768, 2 x 2 tiles, 85 + 170 x 4 = 765 tokens.
-IMAGE_URL = "data:image/png;base64," + base64.b64encode(_png(2048, 2048)).decode()
+IMAGE_URL = "data:image/png;base64," + base64.b64encode(png(2048, 2048)).decode()
 
 
 def _pdf_message(text: str = "Summarise this.") -> list[dict[str, Any]]:
