@@ -473,7 +473,7 @@ async def _ledger_run(
     open_store: Callable[[], Awaitable[Any]], pairs: int, connections: int
 ) -> LedgerRun:
     from gateway.keys import hash_key, new_key_id, new_secret
-    from gateway.storage.base import ApiKey, Usage
+    from gateway.storage.base import ApiKey, UsageRecord
 
     store = await open_store()
     try:
@@ -497,7 +497,7 @@ async def _ledger_run(
             )  # fmt: skip
             reserved = time.perf_counter()
             assert held is not None
-            usage = Usage(
+            usage = UsageRecord(
                 request_id, key.id, wallet.id, MODEL, "up", 40, 10, "ok", time.time(),
                 latency_ms=5,
             )  # fmt: skip
@@ -542,8 +542,8 @@ async def _ledger_run(
 def bench_ledger(
     args: argparse.Namespace, work: Path, schemas: Schemas
 ) -> dict[str, list[LedgerRun]]:
-    from gateway.storage.postgres import PostgresStore
-    from gateway.storage.sqlite import SQLiteStore
+    from gateway.storage.postgres.store import PostgresStore
+    from gateway.storage.sqlite.store import SQLiteStore
 
     async def sqlite() -> Any:
         path = work / f"ledger-{secrets.token_hex(4)}.db"

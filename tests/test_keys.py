@@ -11,7 +11,7 @@ import pytest
 from gateway.errors import AuthenticationError, StorageUnavailable
 from gateway.keys import KeyCache, hash_key, new_key_id, new_secret
 from gateway.storage import ApiKey
-from gateway.storage.sqlite import SQLiteStore
+from gateway.storage.sqlite.store import SQLiteStore
 
 
 class Clock:

@@ -14,7 +14,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from gateway.money import MICRO, parse_price
-from gateway.pricing import Prices, TokenUsage
+from gateway.pricing import Prices, TokenCounts
 
 # micro-credits per 1M tokens: up to 1,000,000 credits per 1M tokens
 prices_st = st.integers(min_value=0, max_value=10**12)
@@ -63,7 +63,7 @@ def test_cost_follows_the_contract_formula() -> None:
     prices = Prices(
         input=parse_price("0.15"), output=parse_price("0.60"), cached_input=parse_price("0.075")
     )
-    usage = TokenUsage(prompt_tokens=1000, completion_tokens=500, cached_tokens=400)
+    usage = TokenCounts(prompt_tokens=1000, completion_tokens=500, cached_tokens=400)
     # (600 * 0.15 + 400 * 0.075 + 500 * 0.60) / 1e6 credits = 420e-6 credits
     assert prices.cost(usage) == 420
     assert type(prices.cost(usage)) is int
@@ -80,23 +80,23 @@ def test_cost_rounds_up_to_the_micro_credit() -> None:
 
 def test_cost_of_is_cost_without_cache() -> None:
     prices = Prices(input=1_000_000, output=2_000_000, cached_input=500_000)
-    assert prices.cost_of(10, 5) == prices.cost(TokenUsage(10, 5, 0)) == 20
+    assert prices.cost_of(10, 5) == prices.cost(TokenCounts(10, 5, 0)) == 20
 
 
 def test_cached_tokens_are_charged_at_the_cached_price() -> None:
     prices = Prices(input=1_000_000, output=0, cached_input=250_000)
-    assert prices.cost(TokenUsage(prompt_tokens=8, cached_tokens=4)) == 4 + 1
+    assert prices.cost(TokenCounts(prompt_tokens=8, cached_tokens=4)) == 4 + 1
 
 
 @pytest.mark.parametrize(("cached", "expected"), [(10, 5), (11, 5), (10**9, 5)])
 def test_cached_above_prompt_is_clamped(cached: int, expected: int) -> None:
     prices = Prices(input=1_000_000, output=0, cached_input=500_000)
-    assert prices.cost(TokenUsage(prompt_tokens=10, cached_tokens=cached)) == expected
+    assert prices.cost(TokenCounts(prompt_tokens=10, cached_tokens=cached)) == expected
 
 
 def test_negative_counts_cost_nothing() -> None:
     prices = Prices(input=1_000_000, output=1_000_000, cached_input=1_000_000)
-    assert prices.cost(TokenUsage(-5, -5, -5)) == 0
+    assert prices.cost(TokenCounts(-5, -5, -5)) == 0
     assert prices.prompt_cost(-5) == 0
 
 
@@ -113,7 +113,7 @@ def test_prompt_cost() -> None:
 def test_cost_rounds_up_by_less_than_one_micro_credit(
     prices: Prices, prompt: int, completion: int, cached: int
 ) -> None:
-    cost = prices.cost(TokenUsage(prompt, completion, cached))
+    cost = prices.cost(TokenCounts(prompt, completion, cached))
     exact = _exact_total(prices, prompt, completion, cached)
     assert type(cost) is int
     assert cost >= 0
@@ -145,16 +145,16 @@ def test_cost_matches_the_contract_computed_in_decimal(
     )
     clamped = min(cached, prompt)
     expected = _contract_cost(*texts, prompt, completion, clamped)
-    assert prices.cost(TokenUsage(prompt, completion, cached)) == expected
+    assert prices.cost(TokenCounts(prompt, completion, cached)) == expected
 
 
 @given(price_sets(), tokens_st, tokens_st, tokens_st, st.integers(min_value=1, max_value=10**6))
 def test_cost_is_monotone_in_prompt_and_completion(
     prices: Prices, prompt: int, completion: int, cached: int, more: int
 ) -> None:
-    base = prices.cost(TokenUsage(prompt, completion, cached))
-    assert prices.cost(TokenUsage(prompt + more, completion, cached)) >= base
-    assert prices.cost(TokenUsage(prompt, completion + more, cached)) >= base
+    base = prices.cost(TokenCounts(prompt, completion, cached))
+    assert prices.cost(TokenCounts(prompt + more, completion, cached)) >= base
+    assert prices.cost(TokenCounts(prompt, completion + more, cached)) >= base
 
 
 @given(price_sets(), tokens_st, tokens_st, tokens_st, st.integers(min_value=1, max_value=10**6))
@@ -162,8 +162,8 @@ def test_more_cached_tokens_never_cost_more_when_cache_is_cheaper(
     prices: Prices, prompt: int, completion: int, cached: int, more: int
 ) -> None:
     assume(prices.cached_input <= prices.input)
-    base = prices.cost(TokenUsage(prompt, completion, cached))
-    assert prices.cost(TokenUsage(prompt, completion, cached + more)) <= base
+    base = prices.cost(TokenCounts(prompt, completion, cached))
+    assert prices.cost(TokenCounts(prompt, completion, cached + more)) <= base
 
 
 # -- affordable_completion -----------------------------------------------------------------------
@@ -234,9 +234,9 @@ def test_affordable_completion_never_exceeds_the_budget(
 
 def test_prices_and_usage_are_frozen() -> None:
     prices = Prices(input=1, output=2, cached_input=3)
-    usage = TokenUsage(1, 2, 3)
+    usage = TokenCounts(1, 2, 3)
     with pytest.raises(AttributeError):
         prices.input = 5  # type: ignore[misc]
     with pytest.raises(AttributeError):
         usage.prompt_tokens = 5  # type: ignore[misc]
-    assert TokenUsage() == TokenUsage(0, 0, 0)
+    assert TokenCounts() == TokenCounts(0, 0, 0)

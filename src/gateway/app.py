@@ -16,7 +16,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.api.admin import admin_handlers
 from gateway.api.client import client_handlers
 from gateway.api.metered import MeteredAPI
-from gateway.api.ops import ops_handlers
+from gateway.api.monitoring import ops_handlers
 from gateway.config import Config
 from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.ids import unique_id

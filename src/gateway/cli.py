@@ -16,12 +16,12 @@ from typing import Any
 
 import msgspec
 
-from gateway import operations
+from gateway.admin import operations
+from gateway.admin.views import key_json, ledger_json, transfer_json, usage_json, wallet_json
 from gateway.config import Config, ConfigError, load_config
 from gateway.errors import GatewayError, NotFound, StorageUnavailable
 from gateway.logs import configure_logging
 from gateway.services import open_store
-from gateway.shapes import key_json, ledger_json, transfer_json, usage_json, wallet_json
 from gateway.storage import Store
 
 __all__ = ["main"]

@@ -13,10 +13,10 @@ import msgspec
 
 from gateway.money import MICRO, ceil_div
 
-__all__ = ["Prices", "TokenUsage"]
+__all__ = ["Prices", "TokenCounts"]
 
 
-class TokenUsage(msgspec.Struct, frozen=True, gc=False):
+class TokenCounts(msgspec.Struct, frozen=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -30,7 +30,7 @@ class Prices:
     output: int
     cached_input: int
 
-    def cost(self, usage: TokenUsage) -> int:
+    def cost(self, usage: TokenCounts) -> int:
         prompt = max(0, usage.prompt_tokens)
         cached = min(max(0, usage.cached_tokens), prompt)
         completion = max(0, usage.completion_tokens)
@@ -43,7 +43,7 @@ class Prices:
         return max(0, prompt_tokens) * self.input + max(0, completion_tokens) * self.output
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> int:
-        return self.cost(TokenUsage(prompt_tokens, completion_tokens))
+        return self.cost(TokenCounts(prompt_tokens, completion_tokens))
 
     def prompt_cost(self, prompt_tokens: int) -> int:
         return ceil_div(max(0, prompt_tokens) * self.input, MICRO)

@@ -11,18 +11,18 @@ import aiohttp
 import structlog
 
 from gateway.config import Config
-from gateway.demo import DemoBackend
 from gateway.keys import KeyCache
-from gateway.leases import Leases
 from gateway.metrics import Metrics
-from gateway.ratelimit import LocalLimiter, RateLimiter
-from gateway.relay import Relay
-from gateway.routing import Router
+from gateway.proxy.demo import DemoBackend
+from gateway.proxy.leases import Leases
+from gateway.proxy.ratelimit import LocalLimiter, RateLimiter
+from gateway.proxy.relay import Relay
+from gateway.proxy.routing import Router
+from gateway.proxy.upstream import Backend, HttpBackend, open_session
 from gateway.storage import Store, store_from_url
 from gateway.storage.factory import sqlite_path
-from gateway.storage.sqlite import SQLiteStore
+from gateway.storage.sqlite.store import SQLiteStore
 from gateway.tasks import TaskGroup
-from gateway.upstream import Backend, HttpBackend, open_session
 
 __all__ = ["Services", "open_store"]
 
@@ -69,7 +69,7 @@ class Services:
         if released:
             log.warning("reservations_released_at_start", count=released)
         if self.config.ratelimit.redis_url:
-            from gateway.ratelimit_redis import RedisLimiter
+            from gateway.proxy.ratelimit_redis import RedisLimiter
 
             limits = self.config.ratelimit
             self.limiter = RedisLimiter(

@@ -17,7 +17,7 @@ import pytest
 
 from gateway.storage.base import Store
 from gateway.storage.memory import MemoryStore
-from gateway.storage.sqlite import SQLiteStore
+from gateway.storage.sqlite.store import SQLiteStore
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -69,7 +69,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def _postgres_store() -> AsyncIterator[Store]:
     """A ``PostgresStore`` in a schema of its own, dropped afterwards.
 
-    Expected interface of ``gateway.storage.postgres.PostgresStore`` (written separately):
+    Expected interface of ``gateway.storage.postgres.store.PostgresStore`` (written separately):
     ``PostgresStore(url, *, pool_size=10, schema=None)``; with ``schema`` set, every pooled
     connection uses that schema (``search_path``) and ``open(migrate=True)`` creates the tables
     there, in a schema the fixture has already created. Each test gets a fresh schema named
@@ -80,11 +80,11 @@ async def _postgres_store() -> AsyncIterator[Store]:
     unreachable server is a failure, not a skip. The URL can be overridden with
     ``GATEWAY_TEST_POSTGRES_URL``.
     """
-    if importlib.util.find_spec("gateway.storage.postgres") is None:
-        pytest.skip("gateway.storage.postgres does not exist yet")
+    if importlib.util.find_spec("gateway.storage.postgres.store") is None:
+        pytest.skip("gateway.storage.postgres.store does not exist yet")
     import asyncpg
 
-    from gateway.storage.postgres import PostgresStore
+    from gateway.storage.postgres.store import PostgresStore
 
     if not _postgres_error:
         try:

@@ -23,7 +23,7 @@ from gateway.errors import (
     StorageUnavailable,
 )
 from gateway.money import MAX_MICRO
-from gateway.storage.base import ApiKey, Reservation, Store, Usage, UsageStatus, Wallet
+from gateway.storage.base import ApiKey, Reservation, Store, UsageRecord, UsageStatus, Wallet
 
 Invariants = Callable[[Store], Awaitable[None]]
 LEASE = 300.0
@@ -46,7 +46,7 @@ def new_key(wallet_id: str, name: str = "key", **fields: object) -> ApiKey:
     return ApiKey(**values)  # type: ignore[arg-type]
 
 
-def usage_for(r: Reservation, *, status: str = UsageStatus.OK, **fields: object) -> Usage:
+def usage_for(r: Reservation, *, status: str = UsageStatus.OK, **fields: object) -> UsageRecord:
     values: dict[str, object] = {
         "request_id": r.request_id,
         "key_id": r.key_id,
@@ -59,7 +59,7 @@ def usage_for(r: Reservation, *, status: str = UsageStatus.OK, **fields: object)
         "created_at": time.time(),
     }
     values.update(fields)
-    return Usage(**values)  # type: ignore[arg-type]
+    return UsageRecord(**values)  # type: ignore[arg-type]
 
 
 async def reserve(
@@ -604,7 +604,7 @@ async def test_settle_racing_recovery_ends_each_reservation_once(store: Store) -
     results = await asyncio.gather(*settles, *recoveries)
     written, released = results[: len(settles)], results[len(settles) :]
     # released first or not, each request is charged once, in full (the wallet has enough)
-    assert all(isinstance(u, Usage) and u.cost == 50 for u in written)
+    assert all(isinstance(u, UsageRecord) and u.cost == 50 for u in written)
     assert sum(r for r in released if isinstance(r, int)) <= len(held)
     current = await fresh(store, wallet)
     assert (current.balance, current.reserved) == (100_000 - 50 * len(held), 0)
@@ -711,7 +711,7 @@ async def test_concurrent_requests_never_pass_a_keys_limit(store: Store) -> None
     costs = [rng.randrange(50, 400) for _ in range(120)]
     refused = 0
 
-    async def one_request(cost: int) -> Usage | None:
+    async def one_request(cost: int) -> UsageRecord | None:
         nonlocal refused
         try:
             r = await reserve(store, wallet, key_id=key.id, minimum=50, maximum=200)
@@ -745,7 +745,7 @@ async def test_concurrent_requests_never_overdraw(store: Store, invariants: Inva
     rng = random.Random(7)
     costs = [rng.randrange(0, 151) for _ in range(200)]
 
-    async def one_request(cost: int) -> Usage | None:
+    async def one_request(cost: int) -> UsageRecord | None:
         r = await reserve(store, wallet, key_id=key.id, minimum=10, maximum=100)
         if r is None:
             return None
@@ -840,14 +840,14 @@ async def test_usage_record_round_trips_every_field(store: Store) -> None:
         extra={"upstream_model": "x-1", "note": "é"},
     )
     written = await store.settle(r, usage, 7)
-    assert written == Usage(**{**_fields(usage), "cost": 7, "shortfall": 0})  # type: ignore[arg-type]
+    assert written == UsageRecord(**{**_fields(usage), "cost": 7, "shortfall": 0})  # type: ignore[arg-type]
     [stored] = await store.list_usage(key_id=None, wallet_id=wallet.id)
     assert stored == written
     assert stored.created_at == pytest.approx(usage.created_at)
 
 
-def _fields(usage: Usage) -> dict[str, object]:
-    return {name: getattr(usage, name) for name in Usage.__dataclass_fields__}
+def _fields(usage: UsageRecord) -> dict[str, object]:
+    return {name: getattr(usage, name) for name in UsageRecord.__dataclass_fields__}
 
 
 # -- keys ----------------------------------------------------------------------------------------

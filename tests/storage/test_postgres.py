@@ -23,10 +23,10 @@ import asyncpg
 import pytest
 
 from gateway.errors import StorageUnavailable
-from gateway.storage import postgres
-from gateway.storage.base import ApiKey, Reservation, Store, Usage, UsageStatus
-from gateway.storage.postgres import PostgresStore
-from gateway.storage.postgres_sql import MIGRATIONS
+from gateway.storage.base import ApiKey, Reservation, Store, UsageRecord, UsageStatus
+from gateway.storage.postgres import store as postgres
+from gateway.storage.postgres.sql import MIGRATIONS
+from gateway.storage.postgres.store import PostgresStore
 
 POSTGRES_URL = os.environ.get(
     "GATEWAY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
@@ -99,7 +99,7 @@ async def two(open_store: OpenStore, new_schema: Callable[[], str]) -> tuple[Pos
     return (await open_store(schema), await open_store(schema))
 
 
-def usage_for(r: Reservation, **fields: object) -> Usage:
+def usage_for(r: Reservation, **fields: object) -> UsageRecord:
     values: dict[str, object] = {
         "request_id": r.request_id,
         "key_id": r.key_id,
@@ -112,7 +112,7 @@ def usage_for(r: Reservation, **fields: object) -> Usage:
         "created_at": time.time(),
     }
     values.update(fields)
-    return Usage(**values)  # type: ignore[arg-type]
+    return UsageRecord(**values)  # type: ignore[arg-type]
 
 
 def new_key(wallet_id: str) -> ApiKey:
@@ -169,7 +169,7 @@ async def test_two_instances_never_overdraw_one_wallet(
             lowest = min(lowest, current.balance, current.available)
             await asyncio.sleep(0.001)
 
-    async def one_request(i: int, cost: int) -> Usage | None:
+    async def one_request(i: int, cost: int) -> UsageRecord | None:
         here, there = (a, b) if i % 2 else (b, a)
         r = await here.reserve(
             wallet_id=wallet.id,
@@ -207,8 +207,8 @@ async def test_two_instances_never_overdraw_one_wallet(
 _WORKER = textwrap.dedent(
     """
     import asyncio, random, secrets, sys, time
-    from gateway.storage.base import Usage
-    from gateway.storage.postgres import PostgresStore
+    from gateway.storage.base import UsageRecord
+    from gateway.storage.postgres.store import PostgresStore
 
     async def main(url, schema, wallet_id, n, seed, start_at):
         store = PostgresStore(url, pool_size=8, schema=schema)
@@ -223,7 +223,7 @@ _WORKER = textwrap.dedent(
             if r is None:
                 return 0
             await asyncio.sleep(rng.random() / 100)
-            usage = Usage(
+            usage = UsageRecord(
                 request_id=r.request_id, key_id=None, wallet_id=wallet_id, model="m",
                 backend="b", prompt_tokens=1, completion_tokens=1, status="ok",
                 created_at=time.time(),

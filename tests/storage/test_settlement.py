@@ -10,15 +10,15 @@ import time
 import pytest
 
 from gateway.config import BackendConfig
-from gateway.leases import Leases
-from gateway.metering import Meter
 from gateway.metrics import Metrics
 from gateway.pricing import Prices
-from gateway.ratelimit import LocalLimiter
-from gateway.routing import Route
-from gateway.settlement import Settlement
+from gateway.proxy.leases import Leases
+from gateway.proxy.metering import Meter
+from gateway.proxy.ratelimit import LocalLimiter
+from gateway.proxy.routing import Route
+from gateway.proxy.settlement import Settlement
 from gateway.storage.base import ApiKey, Store, UsageStatus
-from gateway.storage.sqlite import SQLiteStore
+from gateway.storage.sqlite.store import SQLiteStore
 from gateway.tasks import TaskGroup
 from gateway.tokens import TokenCounter
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import NotFound, StorageUnavailable
-from gateway.storage import sqlite as sqlite_engine
-from gateway.storage import sqlite_writer
-from gateway.storage.base import Reservation, Store, Usage, UsageStatus
-from gateway.storage.holds import Holds
-from gateway.storage.sqlite import SQLiteStore
-from gateway.storage.sqlite_schema import MIGRATIONS
-from gateway.storage.sqlite_writer import call_in_worker
+from gateway.storage.base import Reservation, Store, UsageRecord, UsageStatus
+from gateway.storage.sqlite import store as sqlite_engine
+from gateway.storage.sqlite import writer as sqlite_writer
+from gateway.storage.sqlite.holds import Holds
+from gateway.storage.sqlite.schema import MIGRATIONS
+from gateway.storage.sqlite.store import SQLiteStore
+from gateway.storage.sqlite.writer import call_in_worker
 
 Invariants = Callable[[Store], Awaitable[None]]
 
@@ -62,8 +62,8 @@ def _set_user_version(path: Path, version: int) -> None:
         conn.close()
 
 
-def _usage(request_id: str, wallet_id: str, *, padding: int = 0) -> Usage:
-    return Usage(
+def _usage(request_id: str, wallet_id: str, *, padding: int = 0) -> UsageRecord:
+    return UsageRecord(
         request_id=request_id,
         key_id=None,
         wallet_id=wallet_id,
@@ -373,7 +373,7 @@ async def test_listings_read_indexes_in_order(store: SQLiteStore) -> None:
 
 
 # -- reservations decided on the loop, rows written behind (storage/holds.py) -----------------
-async def _settled(store: SQLiteStore, wallet_id: str, request_id: str, cost: int) -> Usage:
+async def _settled(store: SQLiteStore, wallet_id: str, request_id: str, cost: int) -> UsageRecord:
     reservation = await store.reserve(
         wallet_id=wallet_id, key_id=None, request_id=request_id, minimum=1, maximum=cost,
         lease_s=60,

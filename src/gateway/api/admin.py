@@ -12,12 +12,12 @@ import structlog
 from litestar import Request, Response, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 
-from gateway import operations
+from gateway.admin import operations
+from gateway.admin.views import key_json, ledger_json, transfer_json, usage_json, wallet_json
 from gateway.api.common import json_body, json_response
 from gateway.errors import AuthenticationError, NotFound, RateLimited
 from gateway.keys import bearer_token, same_secret
 from gateway.services import Services
-from gateway.shapes import key_json, ledger_json, transfer_json, usage_json, wallet_json
 
 __all__ = ["FailedLogins", "admin_handlers"]
 

@@ -9,11 +9,11 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.handlers import HTTPRouteHandler
 
+from gateway.admin.views import wallet_json
 from gateway.api.common import json_response
 from gateway.errors import ModelNotFound, NotFound
-from gateway.relay import Relay
+from gateway.proxy.relay import Relay
 from gateway.services import Services
-from gateway.shapes import wallet_json
 
 __all__ = ["client_handlers"]
 

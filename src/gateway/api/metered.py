@@ -19,9 +19,9 @@ import structlog
 from litestar.types import HTTPScope, Message, Receive, Send
 
 from gateway.api.common import ClientGone, parse_json_object, unless_client_leaves
-from gateway.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
-from gateway.relay import Answer, LastChunk, StreamAnswer
+from gateway.proxy.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
+from gateway.proxy.relay import LastChunk, Reply, StreamReply
 from gateway.services import Services
 from gateway.storage import UsageStatus
 
@@ -96,7 +96,7 @@ class MeteredAPI:
                 except ClientGone:
                     await respond(499, b"", [])  # nobody is listening
                     return
-            if isinstance(answer, Answer):
+            if isinstance(answer, Reply):
                 out = [(k.lower().encode(), v.encode()) for k, v in answer.headers.items()]
                 if not any(k == b"content-type" for k, _ in out):
                     out.append(_JSON)
@@ -179,7 +179,7 @@ class _StallWatch:
 
 
 async def _send_stream(
-    answer: StreamAnswer,
+    answer: StreamReply,
     receive: Receive,
     send: Send,
     rid: tuple[bytes, bytes],

@@ -6,7 +6,7 @@ from gateway.storage.base import (
     Reservation,
     Store,
     Transfer,
-    Usage,
+    UsageRecord,
     UsageStatus,
     Wallet,
 )
@@ -18,7 +18,7 @@ __all__ = [
     "Reservation",
     "Store",
     "Transfer",
-    "Usage",
+    "UsageRecord",
     "UsageStatus",
     "Wallet",
     "store_from_url",

@@ -32,7 +32,7 @@ __all__ = [
     "Reservation",
     "Store",
     "Transfer",
-    "Usage",
+    "UsageRecord",
     "UsageStatus",
     "Wallet",
 ]
@@ -113,7 +113,7 @@ class UsageStatus(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Usage:
+class UsageRecord:
     request_id: str
     key_id: str | None
     wallet_id: str
@@ -219,7 +219,7 @@ class Store(abc.ABC):
         reservation was released."""
 
     @abc.abstractmethod
-    async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
+    async def settle(self, reservation: Reservation, usage: UsageRecord, cost: int) -> UsageRecord:
         """End a request in one transaction: charge ``min(cost, what the wallet has beyond
         others' reservations, what the key's limit leaves)`` as a ``charge`` ledger entry (none
         when zero), record the rest as ``shortfall``, add the charge to the key's ``spent``,
@@ -228,7 +228,9 @@ class Store(abc.ABC):
         the wallet and the key have free then: its usage record replaces the ``abandoned`` one.
         Settling a request again returns its first record and changes nothing."""
 
-    def settle_now(self, reservation: Reservation, usage: Usage, cost: int) -> Usage | None:
+    def settle_now(
+        self, reservation: Reservation, usage: UsageRecord, cost: int
+    ) -> UsageRecord | None:
         """:meth:`settle`, done within this call if the engine can (without awaiting), else
         None and nothing done: then call :meth:`settle`. Raises as :meth:`settle` does."""
         return None
@@ -256,7 +258,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_usage(
         self, *, wallet_id: str | None = None, key_id: str | None = None, limit: int = 100
-    ) -> list[Usage]:
+    ) -> list[UsageRecord]:
         """Newest first."""
 
     # -- keys ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ def store_from_url(
     """``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``, ``memory://``,
     ``postgresql://user@host:5432/db``."""
     if url.startswith("sqlite://"):
-        from gateway.storage.sqlite import SQLiteStore
+        from gateway.storage.sqlite.store import SQLiteStore
 
         return SQLiteStore(sqlite_path(url), synchronous=synchronous)
     if url.startswith("memory://"):
@@ -21,7 +21,7 @@ def store_from_url(
 
         return MemoryStore()
     if url.startswith(("postgresql://", "postgres://")):
-        from gateway.storage.postgres import PostgresStore
+        from gateway.storage.postgres.store import PostgresStore
 
         return PostgresStore(url, pool_size=pool_size, schema=schema or None)
     raise ValueError(f"unsupported storage url {url!r}: use sqlite:///, postgresql:// or memory://")

@@ -22,7 +22,7 @@ from gateway.storage.base import (
     Reservation,
     Store,
     Transfer,
-    Usage,
+    UsageRecord,
     UsageStatus,
     Wallet,
 )
@@ -48,7 +48,7 @@ class MemoryStore(Store):
         self._credit_keys: set[tuple[str, str]] = set()  # (wallet_id, idempotency_key)
         self._transfers: dict[str, Transfer] = {}  # idempotency_key -> transfer
         self._reservations: dict[str, Reservation] = {}
-        self._usage: dict[str, Usage] = {}  # request_id -> usage; insertion order is seq
+        self._usage: dict[str, UsageRecord] = {}  # request_id -> usage; insertion order is seq
         self._keys: dict[str, ApiKey] = {}
         self._key_ids: dict[str, str] = {}  # key_hash -> key id
         self._key_reserved: dict[str, int] = {}  # key id -> held for it (keys with a limit)
@@ -209,7 +209,7 @@ class MemoryStore(Store):
             self._reservations[held.id] = held
             return dataclasses.replace(reservation, amount=held.amount, expires_at=held.expires_at)
 
-    async def settle(self, reservation: Reservation, usage: Usage, cost: int) -> Usage:
+    async def settle(self, reservation: Reservation, usage: UsageRecord, cost: int) -> UsageRecord:
         check_settle(reservation, usage, cost)
         async with self._lock:
             self._check_open()
@@ -276,9 +276,9 @@ class MemoryStore(Store):
     # -- usage -----------------------------------------------------------------------------
     async def list_usage(
         self, *, wallet_id: str | None = None, key_id: str | None = None, limit: int = 100
-    ) -> list[Usage]:
+    ) -> list[UsageRecord]:
         self._check_open()
-        out: list[Usage] = []
+        out: list[UsageRecord] = []
         for usage in reversed(self._usage.values()):
             if len(out) >= limit:
                 break
@@ -381,7 +381,7 @@ class MemoryStore(Store):
         )
         self._ledger.append(entry)
 
-    def _put_usage(self, usage: Usage) -> bool:
+    def _put_usage(self, usage: UsageRecord) -> bool:
         """Write a usage record unless one other than ``abandoned`` exists for its request;
         a replaced record keeps its place in the newest-first order."""
         previous = self._usage.get(usage.request_id)
@@ -391,5 +391,5 @@ class MemoryStore(Store):
         return True
 
 
-def _copy(usage: Usage) -> Usage:
+def _copy(usage: UsageRecord) -> UsageRecord:
     return dataclasses.replace(usage, extra=dict(usage.extra))

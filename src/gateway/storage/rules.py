@@ -9,14 +9,9 @@ import time
 
 from gateway.errors import InsufficientQuota, InvalidRequest, PermissionDenied
 from gateway.money import MAX_MICRO, format_micro
-from gateway.storage.base import Reservation, Transfer, Usage, UsageStatus
+from gateway.storage.base import Reservation, Transfer, UsageRecord, UsageStatus
 
 __all__ = [
-    "ENTRY_COLUMNS",
-    "KEY_COLUMNS",
-    "TRANSFER_COLUMNS",
-    "USAGE_COLUMNS",
-    "WALLET_COLUMNS",
     "abandoned",
     "cannot_pay",
     "check_bounds",
@@ -26,29 +21,13 @@ __all__ = [
     "past_the_largest_balance",
 ]
 
-# The SQL engines' tables share these columns, listed in the order of the record dataclasses'
-# fields in gateway.storage.base, so a row converts with ``Record(*row)``.
-WALLET_COLUMNS = "id, name, balance, reserved, created_at"
-ENTRY_COLUMNS = (
-    "id, wallet_id, kind, amount, balance_after, created_at, request_id, idempotency_key, memo, ref"
-)
-KEY_COLUMNS = (
-    "id, wallet_id, name, key_hash, prefix, created_at, models, rpm, tpm, spend_limit, spent, "
-    "expires_at, revoked_at"
-)
-USAGE_COLUMNS = (
-    "request_id, key_id, wallet_id, model, backend, prompt_tokens, completion_tokens, status, "
-    "created_at, cached_tokens, cost, shortfall, stream, latency_ms, endpoint, extra"
-)
-TRANSFER_COLUMNS = "id, from_wallet, to_wallet, amount, created_at, idempotency_key"
-
 
 def check_bounds(minimum: int, maximum: int) -> None:
     if minimum < 0 or maximum < minimum:
         raise ValueError(f"need 0 <= minimum <= maximum, got {minimum} and {maximum}")
 
 
-def check_settle(reservation: Reservation, usage: Usage, cost: int) -> None:
+def check_settle(reservation: Reservation, usage: UsageRecord, cost: int) -> None:
     if cost < 0:
         raise ValueError(f"cost must not be negative, got {cost}")
     if (usage.request_id, usage.wallet_id) != (reservation.request_id, reservation.wallet_id):
@@ -82,9 +61,9 @@ def past_the_largest_balance(wallet_id: str, param: str = "amount") -> InvalidRe
     )
 
 
-def abandoned(request_id: str, key_id: str | None, wallet_id: str, now: float) -> Usage:
+def abandoned(request_id: str, key_id: str | None, wallet_id: str, now: float) -> UsageRecord:
     """The usage record of a request whose reservation was released by recovery."""
-    return Usage(
+    return UsageRecord(
         request_id=request_id,
         key_id=key_id,
         wallet_id=wallet_id,
