@@ -10,10 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from litestar import Litestar
 from litestar.testing import TestClient
 
-from gateway.app import create_app
+from gateway.app import GatewayApp, create_app
 from gateway.config import parse_config
 
 
@@ -25,7 +24,7 @@ def restored_gc() -> Iterator[None]:
     gc.set_threshold(*threshold)
 
 
-def _app(tmp_path: Path, *, own_process: bool = False) -> Litestar:
+def _app(tmp_path: Path, *, own_process: bool = False) -> GatewayApp:
     return create_app(parse_config(_config(tmp_path)), own_process=own_process)
 
 

@@ -1,4 +1,5 @@
-"""The ASGI application: handlers, one error renderer, the request id on every answer."""
+"""The ASGI application: the metered endpoints in front of Litestar's handlers, one way to
+render an error, the request id on every answer."""
 
 from __future__ import annotations
 
@@ -10,36 +11,42 @@ from typing import Any
 import structlog
 from litestar import Litestar, Request, Response
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import Message, Receive, Scope, Send
 
 from gateway.api.admin import admin_handlers
 from gateway.api.client import client_handlers
+from gateway.api.common import as_gateway_error, error_headers
 from gateway.api.metered import MeteredAPI
 from gateway.api.monitoring import ops_handlers
 from gateway.config import Config
-from gateway.errors import GatewayError, InvalidRequest, NotFound, PayloadTooLarge
 from gateway.ids import unique_id
 from gateway.logs import write_held_lines
 from gateway.services import Services
 
-__all__ = ["create_app"]
+__all__ = ["GatewayApp", "create_app"]
 
 log = structlog.get_logger("gateway.app")
 
 
-def _front(app: ASGIApp, metered: MeteredAPI) -> ASGIApp:
-    """Give every HTTP exchange an id, put it on the answer as ``x-request-id``, and send the
-    metered endpoints to their plain ASGI handler, the rest to Litestar's router."""
+class GatewayApp:
+    """The gateway as one ASGI app, around Litestar's: every HTTP exchange gets an id, which its
+    answer carries as ``x-request-id``; the metered endpoints go to their plain ASGI handler
+    (:class:`~gateway.api.metered.MeteredAPI`), everything else (and the lifespan) to
+    Litestar's."""
 
-    async def front(scope: Scope, receive: Receive, send: Send) -> None:
+    def __init__(self, litestar: Litestar, metered: MeteredAPI, services: Services) -> None:
+        self.litestar = litestar
+        self.services = services
+        self._metered = metered
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
-            await app(scope, receive, send)
+            await self.litestar(scope, receive, send)
             return
         rid = unique_id("req_")
-        endpoint = metered.endpoint_for(scope["path"])
+        endpoint = self._metered.endpoint_for(scope["path"])
         if endpoint is not None:
-            await metered(scope, receive, send, endpoint, rid)
+            await self._metered(scope, receive, send, endpoint, rid)
             return
         header = (b"x-request-id", rid.encode())
 
@@ -48,38 +55,17 @@ def _front(app: ASGIApp, metered: MeteredAPI) -> ASGIApp:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        await app(scope, receive, send_with_id)
-
-    return front
+        await self.litestar(scope, receive, send_with_id)
 
 
-def _render(exc: GatewayError) -> Response[bytes]:
+def _error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """Every failure of a Litestar handler, rendered as the metered endpoints render theirs."""
+    err = as_gateway_error(exc, request.url.path)
     return Response(
-        exc.to_json(), status_code=exc.status, media_type="application/json", headers=exc.headers
+        err.to_json(),
+        status_code=err.status,
+        headers={k.decode(): v.decode() for k, v in error_headers(err)},
     )
-
-
-def _gateway_error(_: Request[Any, Any, Any], exc: GatewayError) -> Response[bytes]:
-    return _render(exc)
-
-
-def _http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
-    """Litestar's own refusals (no such route, wrong method, body too large) in OpenAI's shape."""
-    status = exc.status_code
-    if status == 413:
-        return _render(PayloadTooLarge("The request body is too large."))
-    if status == 404:
-        return _render(NotFound("No such endpoint."))
-    err = InvalidRequest(str(exc.detail) or "Bad request.")
-    response = _render(err)
-    response.status_code = status if 400 <= status < 500 else 400
-    return response
-
-
-def _internal_error(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.error("internal_error", path=request.url.path, exc_info=exc)
-    err = GatewayError.internal()
-    return _render(err)
 
 
 def _freeze_startup_heap() -> None:
@@ -96,7 +82,7 @@ def _freeze_startup_heap() -> None:
 
 def create_app(
     config: Config, services: Services | None = None, *, own_process: bool = False
-) -> Litestar:
+) -> GatewayApp:
     """The gateway's ASGI app. ``own_process``: the app is all this process serves (``gateway
     serve``), so once started it may tune the process's garbage collector for it."""
     services = services or Services(config)
@@ -129,16 +115,10 @@ def create_app(
             *ops_handlers(services),
         ],
         lifespan=[lifespan],
-        exception_handlers={
-            GatewayError: _gateway_error,
-            HTTPException: _http_error,
-            Exception: _internal_error,
-        },
+        exception_handlers={Exception: _error},
         request_max_body_size=config.server.max_body_bytes,
         openapi_config=None,
         logging_config=None,
         debug=False,
     )
-    app.state.services = services
-    app.asgi_handler = _front(app.asgi_handler, MeteredAPI(services))
-    return app
+    return GatewayApp(app, MeteredAPI(services), services)

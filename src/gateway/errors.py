@@ -43,7 +43,8 @@ _encode = msgspec.json.encode
 
 
 class GatewayError(Exception):
-    status: ClassVar[int] = 500
+    #: The HTTP status, by class (an instance may say another: see ``__init__``).
+    status: int = 500
     type: ClassVar[str] = "api_error"
     default_code: ClassVar[str | None] = None
 
@@ -54,12 +55,15 @@ class GatewayError(Exception):
         param: str | None = None,
         code: str | None = None,
         headers: dict[str, str] | None = None,
+        status: int | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
         self.headers = headers or {}
+        if status is not None:
+            self.status = status
 
     @classmethod
     def internal(cls) -> GatewayError:

@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable
 
+from gateway import tasks
 from gateway.errors import AuthenticationError
 from gateway.storage import ApiKey, Store
 
@@ -84,7 +85,7 @@ class KeyCache:
         if under_way is not None and now - under_way[0] < _TTL_S:
             reading = under_way[1]
         else:
-            reading = asyncio.ensure_future(self._store.get_key_by_hash(digest))
+            reading = tasks.start(self._store.get_key_by_hash(digest), name="key-read")
             self._reading[digest] = (now, reading)
             reading.add_done_callback(lambda done: self._remember(digest, now, done))
         return await asyncio.shield(reading)  # a request cancelled leaves the read to the rest

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
-from pathlib import Path
 
 import aiohttp
 import structlog
@@ -20,14 +18,9 @@ from gateway.proxy.relay import Relay
 from gateway.proxy.routing import Router
 from gateway.proxy.upstream import Backend, HttpBackend, open_session
 from gateway.storage import Store, store_from_url
-from gateway.storage.factory import sqlite_path
-from gateway.storage.sqlite.store import SQLiteStore
 from gateway.tasks import TaskGroup
 
 __all__ = ["Services", "open_store"]
-
-#: How often the server copies SQLite's WAL into the database (storage/checkpoints.py).
-CHECKPOINT_EVERY_S = 1.0
 
 log = structlog.get_logger("gateway.services")
 
@@ -54,17 +47,13 @@ class Services:
         self.admin_token = os.environ.get(config.admin.token_env, "")
         self.backends: dict[str, Backend] = {}
         self._session: aiohttp.ClientSession | None = None
-        self._lock_file: int | None = None
         self.relay: Relay | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._lock_embedded_storage()
-        await self.store.open(migrate=self.config.storage.migrate_on_start)
-        # One process serves a SQLite file (the lock above): whatever is still reserved
-        # belongs to requests that died with the previous process.
-        released = await self.store.release_expired(
-            all_=self.config.storage.url.startswith("sqlite:")
+        metrics = self.metrics
+        released = await self.store.serve(
+            migrate=self.config.storage.migrate_on_start, busy=lambda: metrics.active > 1
         )
         if released:
             log.warning("reservations_released_at_start", count=released)
@@ -81,10 +70,6 @@ class Services:
                 self.backends[backend.name] = DemoBackend(backend)
             else:
                 self.backends[backend.name] = HttpBackend(backend, self._session)
-        if isinstance(self.store, SQLiteStore):
-            metrics = self.metrics
-            self.store.inline_when = lambda: metrics.active <= 1
-            await self.store.checkpoint_behind(every_s=CHECKPOINT_EVERY_S)
         self.relay = Relay(
             config=self.config,
             store=self.store,
@@ -126,25 +111,3 @@ class Services:
             await self._session.close()
         await self.limiter.close()
         await self.store.close()
-        if self._lock_file is not None:
-            os.close(self._lock_file)
-            self._lock_file = None
-
-    def _lock_embedded_storage(self) -> None:
-        url = self.config.storage.url
-        if not url.startswith("sqlite:"):
-            return
-        path = Path(sqlite_path(url))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # the file the path names, whichever link or relative path reaches it
-        path = path.resolve()
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeError(
-                f"another gateway process is serving {path}: a SQLite ledger is served by one "
-                "process (use PostgreSQL for several)"
-            ) from None
-        self._lock_file = fd

@@ -1,5 +1,12 @@
-"""Background tasks only through here: references are kept (so tasks are not garbage
-collected mid-flight), every task has a name, and failures are logged, never lost."""
+"""Tasks only through here (a lint rule refuses ``asyncio.create_task`` and
+``asyncio.ensure_future`` elsewhere): every task has a name, and a reference is kept so that it
+is not garbage collected mid-flight.
+
+- :class:`TaskGroup`: the process's background tasks (settlements retried, the sweeper): kept
+  by the group, their failures logged, drained or cancelled at shutdown;
+- :func:`start`: a piece of a caller's own work run beside it, which the caller keeps (awaits,
+  shields, cancels) and whose failure it takes.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,15 @@ from typing import Any, TypeVar
 
 import structlog
 
-__all__ = ["TaskGroup"]
+__all__ = ["TaskGroup", "start"]
 
 T = TypeVar("T")
 log = structlog.get_logger("gateway.tasks")
+
+
+def start(coro: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    """Run ``coro`` beside the caller, which keeps the task and takes its outcome."""
+    return asyncio.get_running_loop().create_task(coro, name=name)
 
 
 class TaskGroup:

@@ -73,7 +73,7 @@ def documented(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Documented]
 def _served_routes(config_path: Path) -> set[tuple[str, str]]:
     app = create_app(load_config(str(config_path)))
     served = {("POST", path) for path in METERED_ROUTES}  # plain ASGI, ahead of Litestar
-    for route in app.routes:
+    for route in app.litestar.routes:
         path = re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path)
         for method in getattr(route, "methods", ()):
             if method not in ("HEAD", "OPTIONS"):

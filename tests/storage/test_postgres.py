@@ -393,6 +393,31 @@ async def test_settle_racing_release_ends_each_reservation_once(
     await invariants(a)
 
 
+async def test_a_server_starting_releases_only_the_leases_that_ended(
+    pg_url: str, new_schema: Callable[[], str], open_store: OpenStore
+) -> None:
+    """Several instances share the wallets: one starting releases what dead instances left
+    (their leases ended), never what a live one holds."""
+    schema = new_schema()
+    live = await open_store(schema)
+    wallet = await live.create_wallet("w", 1_000)
+    held, dead = [
+        await live.reserve(
+            wallet_id=wallet.id, key_id=None, request_id=rid, minimum=1, maximum=100, lease_s=60
+        )
+        for rid in ("req_held", "req_dead")
+    ]
+    assert held is not None
+    assert dead is not None
+    assert await live.renew([dead.id], 0.0) == 1
+    starting = PostgresStore(pg_url, schema=schema)
+    try:
+        assert await starting.serve(migrate=True, busy=lambda: False) == 1
+        assert (await starting.get_wallet(wallet.id)).reserved == 100  # type: ignore[union-attr]
+    finally:
+        await starting.close()
+
+
 async def test_leases_run_on_the_databases_clock(
     two: tuple[PostgresStore, PostgresStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -109,6 +109,41 @@ async def test_data_survives_close_and_reopen(
         await again.close()
 
 
+async def test_a_served_file_is_locked_to_its_server_which_releases_every_reservation(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """A server takes the file to itself (another server on it, by whatever path, fails to
+    start; the CLI's ``open`` does not lock), so a reservation left in it belongs to a request
+    that died with the previous server: ``serve`` releases it, lease or not."""
+    link = tmp_path / "elsewhere" / "ledger.db"
+    link.parent.mkdir()
+    link.symlink_to(db_path)
+    first, second, cli = SQLiteStore(str(db_path)), SQLiteStore(str(link)), SQLiteStore(str(link))
+    try:
+        assert await first.serve(migrate=True, busy=lambda: False) == 0
+        wallet = await first.create_wallet("w", 100)
+        held = await first.reserve(
+            wallet_id=wallet.id, key_id=None, request_id="q1", minimum=1, maximum=30, lease_s=3600
+        )
+        assert held is not None
+        assert await first.extend(held, minimum=10, maximum=10)  # its row is written now
+
+        with pytest.raises(StorageUnavailable, match="another gateway process is serving"):
+            await second.serve(migrate=True, busy=lambda: False)
+        await cli.open()
+        assert _books(db_path, wallet.id) == (100, 40, 1, 100)
+        await cli.close()
+
+        await first.close()  # (the process dies: its request with it)
+        assert await second.serve(migrate=True, busy=lambda: False) == 1
+        assert _books(db_path, wallet.id) == (100, 0, 0, 100)
+        [abandoned] = await second.list_usage(wallet_id=wallet.id)
+        assert (abandoned.request_id, abandoned.status) == ("q1", "abandoned")
+    finally:
+        for store in (first, second, cli):
+            await store.close()
+
+
 async def test_schema_version_is_recorded(store: SQLiteStore, db_path: Path) -> None:
     assert _user_version(db_path) == len(MIGRATIONS)
 
@@ -560,12 +595,12 @@ async def test_a_waited_for_write_runs_on_the_loop_only_when_that_is_safe(db_pat
             await store.close()
 
 
-async def test_settle_now_settles_within_the_call_or_does_nothing(
+async def test_a_settlement_with_the_writer_idle_is_committed_without_a_turn_of_the_loop(
     store: SQLiteStore, db_path: Path
 ) -> None:
-    """With the writer idle the settlement is committed before the call returns (no await);
+    """With the writer idle the settlement is committed before its coroutine first suspends;
     when a write may not run on the loop (``inline_when``, as with other requests in flight)
-    it returns None and writes nothing, and ``settle`` does it all the same."""
+    the worker commits it."""
     wallet = await store.create_wallet("w", 1_000)
 
     async def reserve(request_id: str) -> Reservation:
@@ -577,16 +612,19 @@ async def test_settle_now_settles_within_the_call_or_does_nothing(
         return reservation
 
     first = await reserve("q1")
-    written = store.settle_now(first, _usage("q1", wallet.id), 120)
-    assert written is not None
+    settling = store.settle(first, _usage("q1", wallet.id), 120)
+    with pytest.raises(StopIteration) as finished:
+        settling.send(None)  # runs to its end at once: no await on the worker
+    written: UsageRecord = finished.value.value
     assert (written.cost, written.shortfall) == (120, 0)
     assert _books(db_path, wallet.id) == (880, 0, 0, 880)  # on disk, read by another connection
 
     second = await reserve("q2")
     store.inline_when = lambda: False
-    assert store.settle_now(second, _usage("q2", wallet.id), 50) is None
-    assert [u.request_id for u in await store.list_usage(wallet_id=wallet.id)] == ["q1"]
-    assert (await store.settle(second, _usage("q2", wallet.id), 50)).cost == 50
+    settling = asyncio.ensure_future(store.settle(second, _usage("q2", wallet.id), 50))
+    await asyncio.sleep(0)
+    assert not settling.done()  # waiting for the worker
+    assert (await settling).cost == 50
     assert _books(db_path, wallet.id) == (830, 0, 0, 830)
 
 

@@ -18,8 +18,14 @@ from typing import Any
 import structlog
 from litestar.types import HTTPScope, Message, Receive, Send
 
-from gateway.api.common import ClientGone, parse_json_object, unless_client_leaves
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.api.common import (
+    ClientGone,
+    as_gateway_error,
+    error_headers,
+    parse_json_object,
+    unless_client_leaves,
+)
+from gateway.errors import InvalidRequest, PayloadTooLarge
 from gateway.proxy.endpoints import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint
 from gateway.proxy.relay import LastChunk, Reply, StreamReply
 from gateway.services import Services
@@ -106,17 +112,11 @@ class MeteredAPI:
             await _send_stream(answer, receive, send, rid, self._stalls)
         except ClientGone:  # it left while sending its body: nobody to answer
             return
-        except GatewayError as exc:
-            if started:
-                raise
-            extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            await respond(exc.status, exc.to_json(), [_JSON, *extra])
         except Exception as exc:
             if started:
                 raise
-            log.error("internal_error", path=scope["path"], exc_info=exc)
-            err = GatewayError.internal()
-            await respond(err.status, err.to_json(), [_JSON])
+            err = as_gateway_error(exc, scope["path"])
+            await respond(err.status, err.to_json(), error_headers(err))
 
     async def _read_body(self, receive: Receive, headers: dict[str, str]) -> bytes:
         limit = self._max_body

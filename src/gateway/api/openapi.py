@@ -30,7 +30,6 @@ _STATUS_TEXT = {
     402: "The wallet cannot pay for this",
     403: "The key may not use this model, or its spend limit is reached",
     404: "Unknown model, wallet, key or endpoint",
-    409: "An idempotency key reused with different content",
     413: "Body over max_body_bytes",
     429: "Rate limited (a key's rpm/tpm; failed admin logins from one address); see Retry-After",
     502: "Every route for the model failed; nothing is charged",
@@ -491,7 +490,7 @@ def _paths() -> dict[str, Schema]:
                 **_ok(
                     200, _ref("Wallet"), "this idempotency key was used before: nothing credited"
                 ),
-                **_errors(400, 404, 409, 413),
+                **_errors(400, 404, 413),
             },
             parameters=[wallet_id],
             requestBody=_body(_ref("Credit")),
@@ -508,7 +507,7 @@ def _paths() -> dict[str, Schema]:
             {
                 **_ok(201, _ref("Transfer"), "moved"),
                 **_ok(200, _ref("Transfer"), "this idempotency key was used before"),
-                **_errors(400, 402, 404, 409, 413),
+                **_errors(400, 402, 404, 413),
             },
             requestBody=_body(_ref("TransferCreate")),
         ),

@@ -117,9 +117,6 @@ class Endpoint:
     #: ``best_of`` candidates are generated (and billed) for each prompt, ``n`` returned.
     best_of: bool = False
 
-    def count_prompt(self, counter: TokenCounter, body: Mapping[str, Any]) -> int:
-        return self.count(counter, body)
-
     def dialect(self, backend: BackendConfig) -> Dialect:
         if self.translate is not None:
             return self.translate(backend)

@@ -147,8 +147,7 @@ class Relay:
         await self._limiter.admit(key.id, key.rpm, key.tpm)
 
         prompt = {
-            enc: endpoint.count_prompt(self.counter(enc), body)
-            for enc in {r.encoding for r in routes}
+            enc: endpoint.count(self.counter(enc), body) for enc in {r.encoding for r in routes}
         }
         per_choice = plan.bound or self._config.metering.default_reserve_tokens
         want = per_choice * plan.candidates if endpoint.generates else 0

@@ -1,13 +1,13 @@
 """One request's money, from reservation to settlement, settled exactly once.
 
 Every path a request can end by (an answer, an upstream failure, a cut-off, a client that
-went away, a bug) calls :meth:`Settlement.settle`; the first call wins. The write is done
-within the call when the store can do it without awaiting (SQLite with the writer idle: no task,
-no turn of the loop), else awaited by the request's own task. Settling is idempotent, which
-makes that safe: if the request's task is cancelled while it waits (the gateway shutting down),
-a task of the gateway's settles again, finding the write already sent or making it. Writes
-storage refused are tried again in a task of their own. It also writes the request's one log
-event and metrics.
+went away, a bug) calls :meth:`Settlement.settle`; the first call wins. The write is awaited
+by the request's own task (SQLite with its writer idle commits it on the loop, without
+suspending). Settling is idempotent, and a store runs a reservation's writes in the order they
+were sent, which makes cancellation safe: if the request's task is cancelled while it waits (the
+gateway shutting down), a task of the gateway's settles again, finding the write already made
+or making it. Writes storage refused are tried again in a task of their own. It also writes the
+request's one log event and metrics.
 """
 
 from __future__ import annotations
@@ -86,10 +86,6 @@ class Settlement:
     def reserved(self) -> int:
         return self._reservation.amount
 
-    @property
-    def done(self) -> bool:
-        return self._settling
-
     def attach(self, route: Route, meter: Meter) -> None:
         """The route now being tried, and the meter measuring its answer."""
         self._route = route
@@ -143,20 +139,15 @@ class Settlement:
             extra={"error": error} if error else {},
         )
         self._settling = True
-        written: UsageRecord | None = None
-        tried = 0
         try:
-            written = self._store.settle_now(self._reservation, record, cost)
-            if written is None:  # it could not be written within the call: awaited
-                tried = 1
-                written = await self._store.settle(self._reservation, record, cost)
+            written: UsageRecord | None = await self._store.settle(self._reservation, record, cost)
         except StorageUnavailable:
-            pass  # tried again below, as any refused write
+            written = None  # tried again below, as any refused write
         except asyncio.CancelledError:
             # The request's task is cancelled (the gateway shuts down) while the write it sent
-            # runs on: a task of the gateway's waits for it and settles again, which is
-            # idempotent (it finds the first write's record, or makes it if that one failed).
-            self._tasks.spawn(self._settle_again(record, cost), name=self._task_name)
+            # runs on: a task of the gateway's settles again, which is idempotent (it finds the
+            # first write's record, or makes it if that one failed).
+            self._tasks.spawn(self._write(record, cost, 0), name=self._task_name)
             raise
         except BaseException:
             self._ended(record, cost, None)
@@ -166,19 +157,11 @@ class Settlement:
             return
         # Storage refused it: tried again, and waited for, in a task that the request's
         # cancellation cannot stop.
-        await asyncio.shield(
-            self._tasks.spawn(self._write(record, cost, tried), name=self._task_name)
-        )
+        await asyncio.shield(self._tasks.spawn(self._write(record, cost, 1), name=self._task_name))
 
     @property
     def _task_name(self) -> str:
         return f"settle-{self._reservation.request_id}"
-
-    async def _settle_again(self, record: UsageRecord, cost: int) -> None:
-        try:
-            await self._store.writes_sent()
-        finally:
-            await self._write(record, cost, 0)
 
     async def _write(self, record: UsageRecord, cost: int, tried: int) -> None:
         """The settlement's write, ``tried`` times already: up to three times in all."""

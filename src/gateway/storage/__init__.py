@@ -1,4 +1,4 @@
-"""Storage engines behind one interface; :func:`open_store` picks one from a URL."""
+"""Storage engines behind one interface; :func:`store_from_url` picks one from a URL."""
 
 from gateway.storage.base import (
     ApiKey,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -142,6 +142,16 @@ class Store(abc.ABC):
     async def open(self, *, migrate: bool = True) -> None:
         """Connect, and create or migrate the schema unless ``migrate`` is false."""
 
+    async def serve(self, *, migrate: bool, busy: Callable[[], bool]) -> int:
+        """:meth:`open` for a gateway server, which holds the store until :meth:`close` (the
+        CLI's commands only :meth:`open` it): the engine takes what a server needs (SQLite:
+        the file to itself, WAL checkpoints in the background), and releases the reservations
+        of requests that died with an earlier process. ``busy`` tells whether the server has
+        more than one request in flight (an engine may write differently under load). Returns
+        how many reservations were released."""
+        await self.open(migrate=migrate)
+        return await self.release_expired()
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 
@@ -226,21 +236,10 @@ class Store(abc.ABC):
         write the usage record, and drop the reservation. Returns the usage record as written.
         A reservation released meanwhile (its lease ran out) is settled the same way from what
         the wallet and the key have free then: its usage record replaces the ``abandoned`` one.
-        Settling a request again returns its first record and changes nothing."""
-
-    def settle_now(
-        self, reservation: Reservation, usage: UsageRecord, cost: int
-    ) -> UsageRecord | None:
-        """:meth:`settle`, done within this call if the engine can (without awaiting), else
-        None and nothing done: then call :meth:`settle`. Raises as :meth:`settle` does."""
-        return None
-
-    async def writes_sent(self) -> None:
-        """Return once every write sent so far has ended, including those whose callers were
-        cancelled while they waited: settling such a reservation again then finds it settled,
-        or not at all. Engines whose writes end with their call's cancellation need not wait
-        (PostgreSQL's statements are atomic, and row locks order a repeated settlement)."""
-        return None
+        Settling a request again returns its first record and changes nothing, even when the
+        first call was cancelled while its write ran on: writes are not undone by their
+        caller's cancellation, and a second settlement runs after the first (SQLite's writer
+        runs writes in the order sent; PostgreSQL's row locks order them)."""
 
     @abc.abstractmethod
     async def renew(self, reservation_ids: Sequence[str], lease_s: float) -> int:

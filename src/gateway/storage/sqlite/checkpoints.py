@@ -22,6 +22,8 @@ import sqlite3
 
 import structlog
 
+from gateway import tasks
+
 __all__ = ["Checkpointer"]
 
 log = structlog.get_logger("gateway.storage")
@@ -43,7 +45,7 @@ class Checkpointer:
         self._conn = await asyncio.to_thread(
             sqlite3.connect, self._target, uri=self._uri, check_same_thread=False
         )
-        self._task = asyncio.create_task(self._every(), name="sqlite-checkpoints")
+        self._task = tasks.start(self._every(), name="sqlite-checkpoints")
 
     async def _every(self) -> None:
         conn = self._conn
@@ -52,7 +54,9 @@ class Checkpointer:
         while True:
             await asyncio.sleep(self._every_s)
             # shielded: cancelled (closing), the thread still runs; close() waits for it
-            running = self._running = asyncio.ensure_future(asyncio.to_thread(_checkpoint, conn))
+            running = self._running = tasks.start(
+                asyncio.to_thread(_checkpoint, conn), name="sqlite-checkpoint"
+            )
             running.add_done_callback(_retrieved)
             try:
                 await asyncio.shield(running)

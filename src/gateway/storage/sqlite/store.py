@@ -2,8 +2,9 @@
 
 How work reaches the connection (one worker thread, group commit, writes on the loop when it
 is idle, errors at one boundary) is :mod:`gateway.storage.sqlite.writer`; what is written is
-here. One process serves a file (the lock file in :mod:`gateway.services`), so reservations
-are decided in memory and their rows written behind (:mod:`gateway.storage.sqlite.holds`).
+here. One process serves a file (its lock file, taken by :meth:`SQLiteStore.serve`), so
+reservations are decided in memory and their rows written behind
+(:mod:`gateway.storage.sqlite.holds`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
+import os
 import secrets
 import sqlite3
 import time
@@ -91,6 +94,8 @@ ROW_AFTER_S = 1.0
 #: taken as used: a small ledger never fills it.
 CACHE_KIB = 64 * 1024
 _MIN_SQLITE = (3, 35, 0)  # RETURNING
+#: How often a server copies the WAL into the database (storage/sqlite/checkpoints.py).
+CHECKPOINT_EVERY_S = 1.0
 #: Ids bound in one ``IN (...)`` (SQLite allows 32,766 variables a statement).
 _IN_BATCH = 500
 
@@ -119,6 +124,7 @@ class SQLiteStore(Store):
         self._existing_uri = Path(path).absolute().as_uri() + "?mode=rw"
         self._opened: tuple[str, bool] = (path, False)  # what open() connected to, uri or not
         self._checkpointer: Checkpointer | None = None
+        self._lock_fd: int | None = None  # <file>.lock, while a server holds the file
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self, *, migrate: bool = True) -> None:
@@ -174,6 +180,40 @@ class SQLiteStore(Store):
         if version < len(MIGRATIONS):
             in_transaction(apply_migrations, conn)
 
+    async def serve(self, *, migrate: bool, busy: Callable[[], bool]) -> int:
+        """Lock the file to this process (another gateway on it fails to start: a file is
+        served by one process, so what is still reserved belongs to requests that died with
+        the previous one, and every reservation is released), open it, write on the loop only
+        while the server is not ``busy`` (under load group commit is worth more), and
+        checkpoint the WAL in the background."""
+        self._lock_file()
+        try:
+            await self.open(migrate=migrate)
+            self.inline_when = lambda: not busy()
+            await self.checkpoint_behind(every_s=CHECKPOINT_EVERY_S)
+            return await self.release_expired(all_=True)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _lock_file(self) -> None:
+        """Take ``<file>.lock`` (the file the path names, whichever link or relative path
+        reaches it), held until :meth:`close`."""
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            return
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(f"{path.resolve()}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageUnavailable(
+                f"another gateway process is serving {path.resolve()}: a SQLite ledger is "
+                "served by one process (use PostgreSQL for several)"
+            ) from None
+        self._lock_fd = fd
+
     async def checkpoint_behind(self, every_s: float) -> None:
         """Checkpoint the WAL every ``every_s`` from a connection of its own, beside the writes
         (:mod:`gateway.storage.sqlite.checkpoints`). The server does this; a short CLI command
@@ -195,8 +235,13 @@ class SQLiteStore(Store):
                 timer.cancel()
         self._rowless.clear()
         writer, self._writer = self._writer, None
-        if writer is not None:
-            await writer.close()
+        try:
+            if writer is not None:
+                await writer.close()
+        finally:
+            fd, self._lock_fd = self._lock_fd, None
+            if fd is not None:
+                os.close(fd)
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchall())
@@ -461,24 +506,6 @@ class SQLiteStore(Store):
     async def settle(self, reservation: Reservation, usage: UsageRecord, cost: int) -> UsageRecord:
         written: UsageRecord = await self._write(self._settlement(reservation, usage, cost))
         self._rowless.pop(reservation.id, None)  # settled: nothing left to write
-        return written
-
-    async def writes_sent(self) -> None:
-        await self._open().sent()
-
-    def settle_now(
-        self, reservation: Reservation, usage: UsageRecord, cost: int
-    ) -> UsageRecord | None:
-        """Settled on the loop, in this call, when a write can run there now (see
-        :mod:`~gateway.storage.sqlite.writer`): no task, no hop, no turn of the loop."""
-        writer = self._open()
-        if not writer.may_write_now():  # (not building the transaction for nothing)
-            return None
-        op = writer.write_now(self._settlement(reservation, usage, cost))
-        if op is None:
-            return None
-        written: UsageRecord = writer.outcome(op)
-        self._rowless.pop(reservation.id, None)
         return written
 
     def _settlement(

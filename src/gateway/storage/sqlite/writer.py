@@ -37,6 +37,7 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
+from gateway import tasks
 from gateway.errors import StorageUnavailable
 from gateway.storage.sqlite.holds import Holds
 
@@ -169,7 +170,9 @@ class Writer:
             assert batch is not None
             batch.ops.append(op)
         if opened:
-            batch.task = asyncio.ensure_future(call_in_worker(db, partial(self._drain, batch)))
+            batch.task = tasks.start(
+                call_in_worker(db, partial(self._drain, batch)), name="sqlite-batch"
+            )
             batch.task.add_done_callback(retrieve)  # written-behind ops have no awaiter
             self._last_batch = batch
         return batch
