@@ -12,11 +12,14 @@ Needs root (``mount -t tmpfs``); skipped with the reason where mounting is not p
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import os
+import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.helpers import HELLO, parse_sse
+from e2e.helpers import HELLO, HELLO_TOKENS, content_of, parse_sse
 from gateway_proc import D, GatewayFactory, GatewayProcess, poll
-from upstream import UpstreamServer
+from upstream import UpstreamServer, answer_text
 
 pytestmark = pytest.mark.e2e
 
@@ -251,3 +254,85 @@ def test_a_database_on_a_read_only_mount_is_refused_at_start(
     gateway.start()
     with gateway.admin() as admin:
         admin.assert_books_balance(wallet_id)
+
+
+def test_a_stream_that_cannot_grow_its_reservation_while_storage_refuses_writes_is_cut_off(
+    tmp_path: Path,
+    gateway_factory: GatewayFactory,
+    upstream_factory: Callable[[str], UpstreamServer],
+) -> None:
+    """Another process holds the SQLite file's write lock (a backup, an operator's shell)
+    while a stream outgrows its reservation: the reservation cannot grow, so the stream is cut
+    off where it is paid, as if the wallet were short, and its upstream request closed. Once
+    the lock is gone the settlement is written: what was delivered is charged.
+
+    (Needs no root, unlike the tests above: the lock is SQLite's own. The gateway waits 5 s
+    for a lock before it gives up on a write.)"""
+    upstream = upstream_factory("a")
+    db = tmp_path / "gateway.db"
+    gateway = storage_gateway(gateway_factory, upstream, db)
+    with gateway.admin() as admin:
+        wallet_id = admin.make_wallet("10")
+        _key, secret = admin.make_key(wallet_id)
+    # max_tokens 5 is reserved for; the backend ignores it and would write 100 words
+    body = {
+        "model": "m",
+        "messages": HELLO,
+        "stream": True,
+        "max_tokens": 5,
+        "script": {"words": 100, "chunk_delay_s": 0.1},
+    }
+    locked = threading.Event()
+
+    def hold_the_write_lock() -> None:
+        """Until the gateway has closed its upstream request (it gave up growing the
+        reservation, and is settling); then let go, while the settlement waits."""
+        conn = sqlite3.connect(db, isolation_level=None, timeout=10)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            locked.set()
+            poll(
+                lambda: [s.closed_at for s in upstream.streams],
+                lambda closed: bool(closed) and closed[-1] is not None,
+                timeout=60,
+                what="the upstream stream to be closed",
+            )
+        finally:
+            conn.execute("ROLLBACK")
+            conn.close()
+
+    with (
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+        httpx.Client(base_url=gateway.url, timeout=60, trust_env=False) as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {secret}"},
+        ) as response,
+    ):
+        assert response.status_code == 200
+        rid = response.headers["x-request-id"]
+        # the reservation is taken (nothing written yet: a stream's row comes after 1 s)
+        holder = pool.submit(hold_the_write_lock)
+        assert locked.wait(10), holder.exception(0) if holder.done() else "no lock in 10 s"
+        raw = response.read()
+        holder.result(timeout=60)
+    events = parse_sse(raw.decode())
+    assert content_of(events) == answer_text(5), "what the reservation paid for, no more"
+    assert "[DONE]" not in events
+    error = events[-1]["error"]
+    assert (error["type"], error["code"]) == ("insufficient_quota", "insufficient_quota"), events
+    [stream] = upstream.streams
+    assert stream.disconnected, stream
+    assert not stream.finished, stream
+    assert stream.chunks_sent < 100
+    with gateway.admin() as admin:
+        record = admin.usage_record(rid, timeout=15)
+        assert (record["status"], record["error"]) == ("cut_off", "insufficient_quota"), record
+        assert (record["prompt_tokens"], record["completion_tokens"]) == (HELLO_TOKENS, 5)
+        assert D(record["cost"]) == D("0.000018"), record  # 8 x 1 + 5 x 2 micro-credits
+        assert D(record["shortfall"]) == 0, record
+        wallet = admin.assert_books_balance(wallet_id)
+        assert D(wallet["balance"]) == D("9.999982")
+    assert "settlement_failed" not in gateway.output()

@@ -1,17 +1,22 @@
 """A settlement awaited by its request's own task (every engine's path under load) finishes
 even when that task is cancelled while it waits (the gateway shutting down): charged once,
-recorded once, released."""
+recorded once, released. One that storage keeps refusing is retried for ``RETRY_FOR_S``, then
+given up."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import BackendConfig
 from gateway.metrics import Metrics
 from gateway.pricing import Prices
+from gateway.proxy import settlement as settlement_module
 from gateway.proxy.leases import Leases
 from gateway.proxy.metering import Meter
 from gateway.proxy.ratelimit import LocalLimiter
@@ -43,7 +48,13 @@ def _under_load(store: Store) -> Store:
 
 
 async def _settlement(
-    store: Store, tasks: TaskGroup, metrics: Metrics, leases: Leases
+    store: Store,
+    tasks: TaskGroup,
+    metrics: Metrics,
+    leases: Leases,
+    *,
+    stream: bool = False,
+    lease_s: float = 900,
 ) -> tuple[Settlement, str]:
     """A request's settlement, its reservation taken and an answer of PROMPT_TOKENS metered;
     and its wallet's id."""
@@ -57,7 +68,7 @@ async def _settlement(
         request_id="req_1",
         minimum=1,
         maximum=50_000_000,
-        lease_s=900,
+        lease_s=lease_s,
     )
     assert reservation is not None
     settlement = Settlement(
@@ -70,7 +81,7 @@ async def _settlement(
         key=key,
         model="m",
         endpoint="chat.completions",
-        stream=False,
+        stream=stream,
         extend_step=256,
     )
     meter = Meter(TokenCounter("o200k_base"), PRICES, prompt_tokens=PROMPT_TOKENS)
@@ -135,3 +146,75 @@ async def test_a_settlement_whose_request_is_cancelled_meanwhile_still_settles_o
     )
     await settlement.settle(UsageStatus.ERROR)  # a second call does nothing
     assert metrics.active == 0
+
+
+async def test_a_settlement_storage_keeps_refusing_is_given_up_and_its_lease_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream's settlement that storage refuses, and keeps refusing for ``RETRY_FOR_S`` (an
+    hour; here 0.6 s): the gateway says so (``settlement_given_up``, with what it could not
+    charge), counts the failure, and stops renewing the reservation's lease, so that its money
+    is released like an abandoned request's once the lease runs out. Storage refuses for real:
+    another connection holds the SQLite file's write lock throughout."""
+    monkeypatch.setattr(settlement_module, "RETRY_FOR_S", 0.6)
+    db = tmp_path / "gateway.db"
+    store = SQLiteStore(str(db), busy_timeout_s=0.05)
+    await store.open()
+    other = sqlite3.connect(db, isolation_level=None)
+    try:
+        tasks, metrics, leases = TaskGroup(), Metrics(), Leases()
+        settlement, wallet_id = await _settlement(
+            store, tasks, metrics, leases, stream=True, lease_s=1.0
+        )
+
+        def failures() -> float | None:
+            return metrics.registry.get_sample_value("gateway_settlement_failures_total")
+
+        assert failures() == 0
+        other.execute("BEGIN IMMEDIATE")  # storage refuses every write from now on
+        cost = PROMPT_TOKENS * 3  # micro-credits
+        with capture_logs() as logs:
+            started = time.monotonic()
+            await settlement.settle(UsageStatus.OK)  # tried three times, refused each
+            retried_from = time.monotonic()
+            assert settlement.failed is not None
+            assert settlement.failed.code == "storage_unavailable"
+            assert failures() == 1
+            assert leases.ids() == [settlement.reservation_id], "kept while it is retried"
+            assert metrics.active == 0
+            await tasks.drain()  # the retries, until they give up
+            assert time.monotonic() - retried_from >= 0.6, "retried for RETRY_FOR_S"
+            assert len(tasks) == 0
+        events = [e for e in logs if e["event"].startswith("settlement_")]
+        assert events == [
+            {
+                "event": "settlement_failed",
+                "log_level": "error",
+                "request_id": "req_1",
+                "key_id": "key_1",
+                "wallet_id": wallet_id,
+                "cost_micro": cost,
+                "error": settlement.failed.message,
+            },
+            {
+                "event": "settlement_given_up",
+                "log_level": "error",
+                "request_id": "req_1",
+                "cost_micro": cost,  # a stream's delivered tokens, never charged
+            },
+        ]
+        assert leases.ids() == [], "no longer renewed"
+        assert failures() == 1
+        assert metrics.active == 0
+
+        other.execute("ROLLBACK")  # storage is back: nothing was charged, the money still held
+        assert await _books(store, wallet_id) == (100_000_000, 50_000_000, [100_000_000], [])
+        # its lease runs out, unrenewed: the sweep releases it as any abandoned request's
+        await asyncio.sleep(max(0.0, started + 1.0 - time.monotonic()) + 0.05)
+        assert await store.release_expired() == 1
+        assert await _books(store, wallet_id) == (100_000_000, 0, [100_000_000], [("abandoned", 0)])
+        await settlement.settle(UsageStatus.OK)  # settled once: nothing more happens
+        assert await _books(store, wallet_id) == (100_000_000, 0, [100_000_000], [("abandoned", 0)])
+    finally:
+        other.close()
+        await store.close()

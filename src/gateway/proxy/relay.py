@@ -219,7 +219,8 @@ class Relay:
     ) -> Reply | StreamReply:
         passed = forwardable_request_headers(headers)
         passed["X-Request-Id"] = settlement.request_id
-        last: GatewayError | None = None
+        short: InsufficientQuota | None = None  # a route the reservation cannot pay one token at
+        failed: UpstreamError | None = None  # the last route the wallet could pay that failed
         refused: InvalidRequest | None = None
         tried = 0
         for route in ranked:
@@ -227,7 +228,7 @@ class Relay:
             prompt_tokens = prompt[route.encoding]
             cap = self._completion_cap(endpoint, plan, route, prompt_tokens, settlement.reserved)
             if cap == 0:
-                last = last or InsufficientQuota(
+                short = short or InsufficientQuota(
                     "You exceeded your current quota: the wallet cannot pay for this request."
                 )
                 continue
@@ -240,7 +241,8 @@ class Relay:
                 refused = refused or exc
                 continue
             if not breaker.allow():
-                last = last or UpstreamError(f"No healthy backend serves '{plan.model}' right now.")
+                unhealthy = f"No healthy backend serves '{plan.model}' right now."
+                failed = failed or UpstreamError(unhealthy)
                 continue
             tried += 1
             backend = self._backends[route.backend.name]
@@ -251,7 +253,7 @@ class Relay:
             except UpstreamError as exc:
                 reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
                 self._failed(route, exc, reason)
-                last = exc
+                failed = exc
                 continue
             meter = Meter(self.counter(route.encoding), route.prices, prompt_tokens=prompt_tokens)
             settlement.attach(route, meter)
@@ -266,6 +268,7 @@ class Relay:
                             charge=False,
                         )
                         return answer
+                    failed = UpstreamError(f"status {response.status}")
                     continue
                 if plan.stream:
                     return await self._open_stream(
@@ -275,18 +278,18 @@ class Relay:
             except UpstreamError as exc:
                 response.close()
                 self._failed(route, exc, "timeout" if isinstance(exc, UpstreamTimeout) else "body")
-                last = exc
+                failed = exc
                 settlement.detach()
                 continue
+        # Why nothing was served: the request itself (a backend that cannot take it), else a
+        # route the wallet could pay that failed, else the wallet.
         if tried == 0 and refused is not None:
             raise refused
-        if last is None or (tried == 0 and not isinstance(last, InsufficientQuota)):
-            last = last or UpstreamError(f"No backend could serve '{plan.model}'.")
-        if isinstance(last, InsufficientQuota) or not isinstance(last, UpstreamError):
-            raise last
-        if isinstance(last, UpstreamTimeout):
+        if failed is None:
+            raise short or UpstreamError(f"No backend could serve '{plan.model}'.")
+        if isinstance(failed, UpstreamTimeout):
             raise UpstreamTimeout(f"Every backend for '{plan.model}' timed out.")
-        raise UpstreamError(f"Every backend for '{plan.model}' failed: {last.message}")
+        raise UpstreamError(f"Every backend for '{plan.model}' failed: {failed.message}")
 
     def _completion_cap(
         self, endpoint: Endpoint, plan: Plan, route: Route, prompt_tokens: int, reserved: int
