@@ -86,7 +86,7 @@ def test_the_routes_encodings_are_loaded_at_start(tmp_path: Path) -> None:
     (tmp_path / "gateway.toml").write_text(config)
     script = f"""
 import asyncio
-from gateway import tokens
+from gateway.tokens import encodings as tokens
 from gateway.config import load_config
 from gateway.services import Services
 
