@@ -163,10 +163,26 @@ class GatewayProcess:
 
     def output(self) -> str:
         """What the current (or last) process wrote to stdout and stderr."""
+        return self.output_since((0, 0))
+
+    def output_mark(self) -> tuple[int, int]:
+        """How much the current process has written to stdout and stderr so far: give it to
+        :meth:`output_since` to read only what comes after (a session's shared gateway has
+        logged for every earlier test)."""
+        stdout, stderr = (
+            path.stat().st_size if path.exists() else 0
+            for path in (self.stdout_path, self.stderr_path)
+        )
+        return stdout, stderr
+
+    def output_since(self, mark: tuple[int, int]) -> str:
+        """What the current process wrote to stdout and stderr after :meth:`output_mark`."""
         parts = []
-        for path in (self.stdout_path, self.stderr_path):
+        for path, offset in zip((self.stdout_path, self.stderr_path), mark, strict=True):
             if path.exists():
-                parts.append(path.read_text(encoding="utf-8", errors="replace"))
+                with path.open("rb") as file:
+                    file.seek(offset)
+                    parts.append(file.read().decode("utf-8", errors="replace"))
         return "\n".join(parts)
 
     def start(self, timeout: float = STARTUP_TIMEOUT_S) -> GatewayProcess:

@@ -24,23 +24,32 @@ class Clock:
 
 class CountingStore(SQLiteStore):
     """Counts key reads; ``hold`` (when set) keeps each read's answer back until it is set,
-    and ``fail`` makes the next read fail as storage does when it is gone."""
+    and ``fail`` makes the next read fail as storage does when it is gone. A test that must
+    know a read was made waits for it (:meth:`a_read_answered`), not for a while."""
 
     def __init__(self, path: str) -> None:
         super().__init__(path)
         self.reads = 0
         self.hold: asyncio.Event | None = None
         self.fail = False
+        self.answered = asyncio.Event()
 
     async def get_key_by_hash(self, key_hash: str) -> ApiKey | None:
         self.reads += 1
         found = await super().get_key_by_hash(key_hash)
+        self.answered.set()
         if self.hold is not None:  # read, and slow to come back
             await self.hold.wait()
         if self.fail:
             self.fail = False
             raise StorageUnavailable("storage unavailable: gone")
         return found
+
+    async def a_read_answered(self) -> None:
+        """Until a read not waited for yet has its answer from storage (before ``hold``)."""
+        async with asyncio.timeout(5):  # none comes: fail, not hang
+            await self.answered.wait()
+        self.answered.clear()
 
 
 @pytest.fixture
@@ -118,7 +127,7 @@ async def test_a_key_forgotten_while_read_is_read_again(store: CountingStore) ->
     header, key = await _new_key(store)
     store.hold = asyncio.Event()
     before = asyncio.create_task(cache.authenticate(header))
-    await asyncio.sleep(0.01)
+    await store.a_read_answered()  # read from storage, before the revocation
     await store.revoke_key(key.id, 1.0)
     cache.forget(key.key_hash)
     store.hold.set()
@@ -137,11 +146,11 @@ async def test_a_read_older_than_a_second_is_not_joined(store: CountingStore) ->
     header, key = await _new_key(store)
     store.hold = asyncio.Event()
     slow = asyncio.create_task(cache.authenticate(header))
-    await asyncio.sleep(0.01)
+    await store.a_read_answered()  # read from storage, before the revocation
     await store.revoke_key(key.id, 1.0)
     clock.now += 1.0
     later = asyncio.create_task(cache.authenticate(header))
-    await asyncio.sleep(0.01)
+    await store.a_read_answered()  # its own read, after the revocation
     store.hold.set()
     assert (await slow).id == key.id  # its read predates the revocation
     with pytest.raises(AuthenticationError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import tempfile
@@ -13,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import httpx
@@ -29,6 +30,8 @@ __all__ = [
     "MILLI_ROUTE",
     "POSTGRES_URL",
     "REACHABLE",
+    "assert_error",
+    "assert_error_event",
     "chat",
     "chat_prompt_tokens",
     "chat_stream",
@@ -36,9 +39,11 @@ __all__ = [
     "count",
     "encoding",
     "eventually",
+    "import_or_skip",
     "parse_sse",
     "read_sse",
     "require_postgres",
+    "skip_unless_ci",
     "text_of",
     "unreachable",
 ]
@@ -205,12 +210,60 @@ def text_of(chunks: Iterable[ChatCompletionChunk], index: int = 0) -> str:
     )
 
 
-def unreachable(what: str, url: str) -> None:
-    """Skip the test for a service that cannot be reached; with ``CI=true``, fail it."""
-    message = f"{what} at {url} is unreachable ({REACHABLE[what]})"
+def assert_error(
+    response: httpx.Response, status: int, type_: str, code: str | None = None
+) -> dict[str, Any]:
+    """An error answer in OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``,
+    with this status, type and code, a message, an ``x-request-id``, and for 429 a
+    ``Retry-After`` of whole seconds; the error object."""
+    assert response.status_code == status, response.text
+    assert response.headers.get("x-request-id"), "errors carry x-request-id too"
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = assert_error_event(body, type_, code)
+    if status == 429:
+        retry_after = response.headers.get("Retry-After", "")
+        assert retry_after.isdigit(), response.headers
+        assert int(retry_after) >= 1, response.headers
+    return error
+
+
+def assert_error_event(event: Any, type_: str, code: str | None = None) -> dict[str, Any]:
+    """An SSE error event (``data: {"error": {...}}``) or an error body in OpenAI's shape, with
+    this type and code and a message; the error object."""
+    assert isinstance(event, dict), event
+    error = event.get("error")
+    assert isinstance(error, dict), event
+    assert set(error) >= {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str), error
+    assert error["message"], error
+    assert error["type"] == type_, error
+    if code is not None:
+        assert error["code"] == code, error
+    return dict(error)
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip the test for something this machine lacks; with ``CI=true``, where everything the
+    tests need is there, fail it: a CI run must not pass by skipping."""
     if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def unreachable(what: str, url: str) -> NoReturn:
+    """Skip the test for a service that cannot be reached; with ``CI=true``, fail it."""
+    skip_unless_ci(f"{what} at {url} is unreachable ({REACHABLE[what]})")
+
+
+def import_or_skip(name: str) -> Any:
+    """The module ``name`` (a test dependency of pyproject's ``dev`` extra); the test skipped
+    when it cannot be imported, and failed with ``CI=true``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        skip_unless_ci(f"{name} cannot be imported ({exc}): install the dev extra")
 
 
 async def require_postgres() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.helpers import HELLO, HELLO_TOKENS
+from e2e.helpers import HELLO, HELLO_TOKENS, assert_error
 from gateway_proc import Admin, D, GatewayFactory, GatewayProcess
 from upstream import UpstreamServer
 
@@ -417,7 +417,7 @@ async def test_n_choices_are_all_reserved(
 
     broke_id, _key, broke = wallet_and_key("0.011")  # prompt 8 + 3 tokens: not one per choice
     response = await http.post("/v1/chat/completions", json={**body, "n": 4}, headers=bearer(broke))
-    assert response.status_code == 402, response.text
+    assert_error(response, 402, "insufficient_quota", "insufficient_quota")
     assert D(admin_api.assert_books_balance(broke_id)["balance"]) == D("0.011")
 
 

@@ -50,6 +50,8 @@ from e2e.helpers import (
     MILLI_ROUTE,
     POSTGRES_URL,
     REACHABLE,
+    assert_error,
+    assert_error_event,
     parse_sse,
     unreachable,
 )
@@ -220,16 +222,21 @@ async def test_two_instances_one_wallet_never_overdrawn(
         if not stream:
             response = await client.post("/v1/chat/completions", json=body)
             outcome = {200: "ok", 402: "refused"}.get(response.status_code, response.text)
+            if outcome == "refused":
+                assert_error(response, 402, "insufficient_quota", "insufficient_quota")
             return i % 2, response.status_code, response.headers["x-request-id"], outcome
         async with client.stream("POST", "/v1/chat/completions", json=body) as response:
             text = (await response.aread()).decode()
         if response.status_code != 200:
             outcome = "refused" if response.status_code == 402 else text
+            if outcome == "refused":
+                assert_error(response, 402, "insufficient_quota", "insufficient_quota")
         else:
             events = parse_sse(text)
             errors = [e for e in events if isinstance(e, dict) and "error" in e]
             if errors:
-                assert errors[0]["error"]["type"] == "insufficient_quota", errors
+                assert errors == events[-1:], "one error event ends the stream"
+                assert_error_event(errors[0], "insufficient_quota", "insufficient_quota")
                 outcome = "cut_off"
             else:
                 assert events[-1] == "[DONE]", events
@@ -361,7 +368,7 @@ async def test_keys_and_credits_made_through_one_instance_hold_on_the_other(
         assert mine.status_code == 200, mine.text
         assert mine.json()["balance"] == "0"
         refused = await on_b.post("/v1/chat/completions", json=_chat_body(prompt_tokens=8))
-        assert refused.status_code == 402, refused.text
+        assert_error(refused, 402, "insufficient_quota", "insufficient_quota")
 
         # a credit through A is visible and spendable through B at once
         with a.admin() as admin_a:

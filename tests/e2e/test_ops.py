@@ -3,7 +3,6 @@ key and the problem, and a clean exit on SIGTERM."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,8 +11,9 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from e2e.helpers import chat
+from e2e.helpers import chat, eventually
 from gateway_proc import ADMIN_TOKEN, GatewayFactory, GatewayProcess
 from upstream import UpstreamServer
 
@@ -28,14 +28,33 @@ async def test_health_and_readiness(http: httpx.AsyncClient) -> None:
     assert (await http.get("/readyz")).status_code == 200
 
 
-def _counters(text: str) -> dict[str, float]:
-    """Sum of every sample of each counter family in Prometheus text."""
-    families = re.findall(r"^# TYPE (\S+) counter$", text, re.MULTILINE)
-    totals: dict[str, float] = {}
-    for family in families:
-        pattern = rf"^{re.escape(family)}(?:_total)?(?:\{{[^}}]*\}})? (\S+)$"
-        totals[family] = sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
-    return totals
+Sample = tuple[str, frozenset[tuple[str, str]]]  # a sample's name and labels
+
+
+async def _samples(http: httpx.AsyncClient) -> dict[Sample, float]:
+    """The counters' samples and the histograms' counts now, from ``/metrics``."""
+    response = await http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples: dict[Sample, float] = {}
+    for family in text_string_to_metric_families(response.text):
+        suffix = {"counter": "_total", "histogram": "_count"}.get(family.type)
+        for sample in family.samples:
+            if suffix is not None and sample.name.endswith(suffix):
+                samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def _changes(before: dict[Sample, float], after: dict[Sample, float]) -> dict[Sample, float]:
+    return {
+        sample: value - before.get(sample, 0.0)
+        for sample, value in after.items()
+        if value != before.get(sample, 0.0)
+    }
+
+
+def _labels(**labels: str) -> frozenset[tuple[str, str]]:
+    return frozenset(labels.items())
 
 
 async def test_metrics_count_requests_and_tokens(
@@ -44,20 +63,37 @@ async def test_metrics_count_requests_and_tokens(
     wallet_and_key: WalletAndKey,
     openai_client: OpenAIFactory,
 ) -> None:
+    """One request moves the counters by exactly its own figures. Earlier tests counted on
+    this gateway too, so what is compared is what changed across the request, on a model that
+    one other test uses (its requests settled before it ended: none moves the counters now)."""
+    model = "mystery"  # 1 micro-credit a prompt token, 2 a completion token
     _wallet, _key, secret = wallet_and_key("10")
-    await chat(openai_client(secret), script={"prompt_tokens": 7, "completion_tokens": 3})
+    before = await _samples(http)
+    await chat(openai_client(secret), model, script={"prompt_tokens": 7, "completion_tokens": 3})
 
-    response = await http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    counters = _counters(response.text)
-    requests = {name: v for name, v in counters.items() if "request" in name}
-    tokens = {name: v for name, v in counters.items() if "token" in name}
-    assert requests, f"no request counter in {sorted(counters)}"
-    assert tokens, f"no token counter in {sorted(counters)}"
-    assert max(requests.values()) >= 1
-    assert max(tokens.values()) >= 10
-    assert re.search(r"^# TYPE \S+ histogram$", response.text, re.MULTILINE), "latency histogram"
+    ok = _labels(endpoint="chat.completions", model=model, status="ok")
+    expected = {
+        ("gateway_requests_total", ok): 1,
+        ("gateway_tokens_total", _labels(model=model, backend="a", kind="prompt")): 7,
+        ("gateway_tokens_total", _labels(model=model, backend="a", kind="completion")): 3,
+        ("gateway_credits_charged_micro_total", _labels(model=model, backend="a")): 7 + 2 * 3,
+    }
+    # the metrics are counted just after the answer is sent
+    after = await eventually(
+        lambda: _samples(http),
+        lambda now: expected.items() <= _changes(before, now).items(),
+        what="the request's metrics",
+    )
+    changed = _changes(before, after)
+    assert {s: v for s, v in changed.items() if ("model", model) in s[1]} == expected, changed
+    # one duration observed for each request counted on the endpoint, this one included
+    requests_on_chat = sum(
+        v
+        for (name, labels), v in changed.items()
+        if name == "gateway_requests_total" and ("endpoint", "chat.completions") in labels
+    )
+    durations = ("gateway_request_duration_seconds_count", _labels(endpoint="chat.completions"))
+    assert changed[durations] == requests_on_chat >= 1, changed
 
 
 # -- config errors -----------------------------------------------------------------------------

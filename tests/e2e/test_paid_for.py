@@ -24,6 +24,7 @@ from e2e.helpers import (
     HELLO_TOKENS,
     MILLI_ROUTE,
     POSTGRES_URL,
+    assert_error_event,
     count,
     eventually,
     parse_sse,
@@ -214,7 +215,7 @@ async def test_a_stream_past_what_the_wallet_pays_is_cut_off(
         for e in events
         if isinstance(e, dict) and e.get("choices")
     )
-    assert events[-1]["error"]["type"] == "insufficient_quota"
+    assert_error_event(events[-1], "insufficient_quota", "insufficient_quota")
     assert text == answer_text(92)
     record = _record(gateway, response)
     assert (record["status"], record["completion_tokens"], D(record["shortfall"])) == (
@@ -222,6 +223,7 @@ async def test_a_stream_past_what_the_wallet_pays_is_cut_off(
         92,
         0,
     )
+    assert D(record["cost"]) == (HELLO_TOKENS + 92) * TOKEN
     assert D(_books(gateway, wallet_id)["balance"]) == 0
 
 
@@ -305,7 +307,14 @@ async def test_a_reasoning_stream_the_wallet_cannot_pay_is_cut_off_in_its_reason
         if isinstance(e, dict) and e.get("choices") and "reasoning" in e["choices"][0]["delta"]
     )
     assert reasoned == 92
-    assert events[-1]["error"]["type"] == "insufficient_quota"
+    assert_error_event(events[-1], "insufficient_quota", "insufficient_quota")
+    record = _record(gateway, response)
+    assert (record["status"], record["completion_tokens"], D(record["shortfall"])) == (
+        "cut_off",
+        92,
+        0,
+    )
+    assert D(record["cost"]) == (HELLO_TOKENS + 92) * TOKEN
     assert D(_books(gateway, wallet_id)["balance"]) == 0
 
 

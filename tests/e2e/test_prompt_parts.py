@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from e2e.helpers import MILLI_ROUTE as ROUTE
+from e2e.helpers import assert_error
 from gateway_proc import GatewayFactory, GatewayProcess
 from media import png
 from upstream import DEFAULT_PROMPT_TOKENS, UpstreamServer
@@ -84,8 +85,7 @@ async def _post(
 
 
 def _refused(response: httpx.Response) -> None:
-    assert response.status_code == 402, response.text
-    assert response.json()["error"]["type"] == "insufficient_quota", response.text
+    assert_error(response, 402, "insufficient_quota", "insufficient_quota")
 
 
 async def test_a_pdf_the_wallet_cannot_pay_for_is_refused_before_going_upstream(

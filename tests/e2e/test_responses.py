@@ -18,7 +18,14 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from e2e.helpers import HELLO_TOKENS, eventually, parse_sse
+from e2e.helpers import (
+    HELLO_TOKENS,
+    assert_error,
+    assert_error_event,
+    eventually,
+    import_or_skip,
+    parse_sse,
+)
 from gateway_proc import Admin, D, GatewayFactory, GatewayProcess
 from upstream import DEFAULT_PROMPT_TOKENS, DEFAULT_TOOL, UpstreamServer, answer_text
 
@@ -715,7 +722,7 @@ async def test_a_stream_cut_off_at_the_wallet_limit_ends_with_an_error_event(
     assert text.rstrip().split("\n\n")[-1].startswith("event: error\n")
     assert last["code"] == "insufficient_quota"
     assert "wallet" in last["message"]
-    assert last["error"]["type"] == "insufficient_quota"
+    assert_error_event(last, "insufficient_quota", "insufficient_quota")
     assert_sequenced(events)
     assert not any(e["type"] == "response.completed" for e in events)
     delivered = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
@@ -729,21 +736,33 @@ async def test_a_stream_cut_off_at_the_wallet_limit_ends_with_an_error_event(
 
 
 async def test_the_sdk_raises_on_the_cut_off(books: Admin, wallet: Any, client: Any) -> None:
+    """0.02 credit pays for 20 tokens: 8 of prompt and 12 of answer; what the SDK was
+    delivered before it raised the error event is what is charged."""
     wallet_id, secret = wallet("0.02")
-    stream = await client(secret).responses.create(
+    raw = await client(secret).responses.with_raw_response.create(
         model="resp-costly", input="hello", stream=True, extra_body={"script": {"words": 100}}
     )
-    seen: list[str] = []
+    request_id = raw.headers["x-request-id"]
+    stream = raw.parse()
+    seen: list[Any] = []
 
     async def consume() -> None:
         async for event in stream:
-            seen.append(event.type)
+            seen.append(event)
 
     with pytest.raises(openai.APIError) as caught:
         await consume()
-    assert "response.output_text.delta" in seen
     assert "wallet" in caught.value.message
-    books.assert_books_balance(wallet_id)
+    assert_error_event({"error": caught.value.body}, "insufficient_quota", "insufficient_quota")
+    delivered = "".join(e.delta for e in seen if e.type == "response.output_text.delta")
+    words = delivered.split()
+    assert 1 <= len(words) <= 20 - HELLO_TOKENS
+    record = books.usage_record(request_id)
+    assert record["status"] == "cut_off", record
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (HELLO_TOKENS, len(words))
+    assert D(record["cost"]) == (HELLO_TOKENS + len(words)) * Decimal("0.001"), record
+    wallet_after = books.assert_books_balance(wallet_id)
+    assert D(wallet_after["balance"]) == Decimal("0.02") - D(record["cost"]) >= 0
 
 
 async def test_a_backend_dropping_mid_stream_ends_with_an_error_event(
@@ -821,8 +840,7 @@ async def test_a_wallet_that_cannot_pay_gets_402_in_the_error_shape(wallet: Any,
     response = await http.post(
         "/v1/responses", json={"model": "resp-chat", "input": "hi"}, headers=bearer(secret)
     )
-    assert response.status_code == 402
-    assert response.json()["error"]["type"] == "insufficient_quota"
+    assert_error(response, 402, "insufficient_quota", "insufficient_quota")
 
 
 async def test_the_demo_supplier_answers_the_responses_api(
@@ -850,7 +868,7 @@ async def test_an_agent_with_a_function_tool_runs_to_its_answer(
 ) -> None:
     """The scripted chat backend calls the tool first, then answers once it sees the result;
     the wallet pays for both model calls."""
-    agents = pytest.importorskip("agents")
+    agents = import_or_skip("agents")
     agents.set_tracing_disabled(True)
     calls: list[tuple[str, str]] = []
 
@@ -903,7 +921,7 @@ async def test_langchain_chat_openai_invokes_and_streams(
     """``ChatOpenAI`` on chat completions, and on the Responses API (``use_responses_api``),
     translated for the chat-only backend. (One test for both: langchain_openai caches its
     HTTP client per process, bound to the event loop of the test that made it.)"""
-    langchain_openai = pytest.importorskip("langchain_openai")
+    langchain_openai = import_or_skip("langchain_openai")
     wallet_id, secret = wallet()
     for responses_api in (False, True):
         llm = langchain_openai.ChatOpenAI(

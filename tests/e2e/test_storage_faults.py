@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.helpers import HELLO, HELLO_TOKENS, content_of, parse_sse
+from e2e.helpers import HELLO, HELLO_TOKENS, content_of, parse_sse, skip_unless_ci
 from gateway_proc import D, GatewayFactory, GatewayProcess, poll
 from upstream import UpstreamServer, answer_text
 
@@ -47,7 +47,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     where.mkdir()
     mounted = _mount("-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(where))
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+        skip_unless_ci(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
     try:
         yield where
     finally:

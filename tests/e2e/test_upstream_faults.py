@@ -22,7 +22,14 @@ import httpx
 import openai
 import pytest
 
-from e2e.helpers import HELLO, HELLO_TOKENS, content_of, eventually, parse_sse
+from e2e.helpers import (
+    HELLO,
+    HELLO_TOKENS,
+    assert_error_event,
+    content_of,
+    eventually,
+    parse_sse,
+)
 from gateway_proc import Admin, D, GatewayFactory, GatewayProcess
 from raw_upstream import (
     Play,
@@ -452,7 +459,7 @@ async def test_a_read_of_many_events_is_cut_off_where_the_wallet_runs_out(
     assert faults.raw.last.json["max_tokens"] == 16
     assert content_of(events) == "".join(ONE_READ_WORDS[:16])
     [error] = error_events(events)
-    assert error["type"] == "insufficient_quota", error
+    assert_error_event({"error": error}, "insufficient_quota", "insufficient_quota")
     assert books.usage_record(rid)["status"] == "cut_off"
     assert books.assert_books_balance(client.wallet_id)["balance"] == "0"
     record = books.usage_record(rid)

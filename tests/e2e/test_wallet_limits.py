@@ -16,7 +16,15 @@ import httpx
 import openai
 import pytest
 
-from e2e.helpers import HELLO, HELLO_TOKENS, chat, eventually, read_sse
+from e2e.helpers import (
+    HELLO,
+    HELLO_TOKENS,
+    assert_error,
+    assert_error_event,
+    chat,
+    eventually,
+    read_sse,
+)
 from gateway_proc import Admin, D, GatewayProcess
 from upstream import UpstreamServer, answer_text
 
@@ -31,6 +39,22 @@ def bearer(secret: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+def _refused(exc: openai.APIStatusError) -> str:
+    """The outcome of a request the SDK raised an error status for."""
+    if exc.status_code != 402:
+        return f"status {exc.status_code}"
+    assert_error(exc.response, 402, "insufficient_quota", "insufficient_quota")
+    return "refused"
+
+
+def _cut_off(exc: openai.APIError) -> str:
+    """The outcome of a stream the SDK raised the error event of (else of a failure)."""
+    if not isinstance(exc.body, dict):
+        return f"failed: {exc!r}"
+    assert_error_event({"error": exc.body}, "insufficient_quota", "insufficient_quota")
+    return "cut off"
+
+
 async def test_a_wallet_that_cannot_pay_gets_402(
     admin_api: Admin, upstream: UpstreamServer, wallet_and_key: MakeKey, openai_client: Client
 ) -> None:
@@ -38,7 +62,7 @@ async def test_a_wallet_that_cannot_pay_gets_402(
     client = openai_client(secret)
     with pytest.raises(openai.APIStatusError) as caught:
         await client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)  # type: ignore[arg-type]
-    assert caught.value.status_code == 402
+    assert_error(caught.value.response, 402, "insufficient_quota", "insufficient_quota")
     assert caught.value.type == "insufficient_quota"
     assert caught.value.code == "insufficient_quota"
     assert upstream.requests == [], "nothing reaches the upstream"
@@ -46,7 +70,7 @@ async def test_a_wallet_that_cannot_pay_gets_402(
     admin_api.credit(wallet_id, "0.000005")  # 5 tokens on costly: not even the prompt
     with pytest.raises(openai.APIStatusError) as caught:
         await client.chat.completions.create(model="costly", messages=HELLO)  # type: ignore[arg-type]
-    assert caught.value.status_code == 402
+    assert_error(caught.value.response, 402, "insufficient_quota", "insufficient_quota")
     assert upstream.requests == []
     assert D(admin_api.assert_books_balance(wallet_id)["balance"]) == Decimal("0.000005")
 
@@ -82,9 +106,9 @@ async def test_concurrent_requests_never_overdraw_and_the_ledger_adds_up(
                     max_tokens=10,
                 )
         except openai.APIStatusError as exc:
-            return "refused" if exc.status_code == 402 else f"status {exc.status_code}"
-        except openai.APIError:
-            return "cut off"
+            return _refused(exc)
+        except openai.APIError as exc:
+            return _cut_off(exc)
         return "ok"
 
     outcomes = await asyncio.gather(*(one(i) for i in range(60)))
@@ -120,9 +144,9 @@ async def test_concurrent_unbounded_streams_are_cut_off_never_overdrawn(
             )
             [chunk async for chunk in stream]
         except openai.APIStatusError as exc:
-            return "refused" if exc.status_code == 402 else f"status {exc.status_code}"
-        except openai.APIError:
-            return "cut off"
+            return _refused(exc)
+        except openai.APIError as exc:
+            return _cut_off(exc)
         return "ok"
 
     outcomes = await asyncio.gather(*(one() for _ in range(50)))
@@ -133,6 +157,7 @@ async def test_concurrent_unbounded_streams_are_cut_off_never_overdrawn(
     charged = sum((D(u["cost"]) for u in usage), Decimal(0))
     assert D(wallet["balance"]) == Decimal("0.15") - charged >= 0
     assert all(D(u["shortfall"]) == 0 for u in usage), "the gateway's own count stays covered"
+    assert [u["status"] for u in usage].count("cut_off") == outcomes.count("cut off"), usage
     for record in usage:  # each charge is exactly its tokens
         tokens = record["prompt_tokens"] + record["completion_tokens"]
         assert D(record["cost"]) == tokens * TOKEN, record
@@ -209,24 +234,39 @@ async def test_a_stream_is_cut_off_at_what_the_wallet_can_pay(
 async def test_the_sdk_sees_the_cut_off_as_an_error(
     admin_api: Admin, upstream: UpstreamServer, wallet_and_key: MakeKey, openai_client: Client
 ) -> None:
+    """0.02 credit pays for 20 tokens: 8 of prompt and 12 of answer; the SDK raises the error
+    event that ends the stream, and what it was delivered is what is charged."""
     wallet_id, _key, secret = wallet_and_key("0.02")
     client = openai_client(secret)
-    stream = await client.chat.completions.create(
+    raw = await client.chat.completions.with_raw_response.create(
         model="costly",
         messages=HELLO,  # type: ignore[arg-type]
         stream=True,
         extra_body={"script": {"words": 100}},
     )
+    request_id = raw.headers["x-request-id"]
+    stream = raw.parse()
     received: list[Any] = []
 
     async def consume() -> None:
         async for chunk in stream:
             received.append(chunk)
 
-    with pytest.raises(openai.APIError):
+    with pytest.raises(openai.APIError) as caught:
         await consume()
+    assert_error_event({"error": caught.value.body}, "insufficient_quota", "insufficient_quota")
     assert received, "some of the answer was delivered before the cut-off"
-    assert D(admin_api.assert_books_balance(wallet_id)["balance"]) >= 0
+    words = "".join(
+        choice.delta.content or "" for chunk in received for choice in chunk.choices
+    ).split()
+    assert 1 <= len(words) <= 20 - HELLO_TOKENS
+
+    record = admin_api.usage_record(request_id)
+    assert record["status"] == "cut_off", record
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (HELLO_TOKENS, len(words))
+    assert D(record["cost"]) == (HELLO_TOKENS + len(words)) * TOKEN, record
+    wallet = admin_api.assert_books_balance(wallet_id)
+    assert D(wallet["balance"]) == Decimal("0.02") - D(record["cost"]) >= 0
 
 
 async def test_a_client_that_disconnects_pays_for_what_was_generated(
@@ -285,7 +325,8 @@ async def test_a_client_that_disconnects_before_the_first_token(
     gateway: GatewayProcess, admin_api: Admin, upstream: UpstreamServer, wallet_and_key: MakeKey
 ) -> None:
     """The upstream is still thinking when the client leaves: the upstream request is closed
-    at once, no completion is charged, and nothing stays reserved."""
+    at once, and as nothing was delivered the request costs nothing, not even its prompt
+    (docs/money.md, "A client that leaves"); nothing stays reserved."""
     wallet_id, _key, secret = wallet_and_key("10")
     body = {"model": "gpt-4o-mini", "messages": HELLO, "script": {"delay_s": 3}}
     async with httpx.AsyncClient(base_url=gateway.url, trust_env=False) as http:
@@ -296,7 +337,9 @@ async def test_a_client_that_disconnects_before_the_first_token(
     )
     assert received[0].cancelled, "the upstream request was closed before it was answered"
     wallet = admin_api.assert_books_balance(wallet_id)
-    usage = admin_api.usage(wallet_id=wallet_id)
-    assert [u["completion_tokens"] for u in usage] == [0]
-    assert usage[0]["status"] == "client_disconnected"
-    assert D(wallet["balance"]) >= Decimal(10) - HELLO_TOKENS * Decimal("0.000001")
+    [usage] = admin_api.usage(wallet_id=wallet_id)
+    assert usage["status"] == "client_disconnected", usage
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (0, 0), usage
+    assert (D(usage["cost"]), D(usage["shortfall"])) == (0, 0), usage
+    assert D(wallet["balance"]) == Decimal(10)
+    assert [e["kind"] for e in admin_api.ledger(wallet_id)] == ["credit"], "no charge entry"

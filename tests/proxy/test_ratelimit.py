@@ -136,11 +136,18 @@ async def test_tpm_deficit_shortly_before_retry_after_still_refuses(
 
 
 async def test_consume_nothing_or_negative_changes_nothing(limiter: LocalLimiter) -> None:
-    await limiter.admit("k", None, 10)
-    await limiter.consume_tokens("k", 10, 9)
-    await limiter.consume_tokens("k", 10, 0)
-    await limiter.consume_tokens("k", 10, -100)
-    await limiter.admit("k", None, 10)
+    """Drained to exactly zero, the bucket refuses the next request; consuming nothing, or a
+    negative amount, must not refill it (nor take more)."""
+    await limiter.admit("k", None, 60)
+    await limiter.consume_tokens("k", 60, 60)  # level 0: a second until it is above zero
+    with pytest.raises(RateLimited) as drained:
+        await limiter.admit("k", None, 60)
+    assert drained.value.retry_after == 1
+    await limiter.consume_tokens("k", 60, 0)
+    await limiter.consume_tokens("k", 60, -100)
+    with pytest.raises(RateLimited) as still:
+        await limiter.admit("k", None, 60)
+    assert still.value.retry_after == 1, "nothing was taken either"
 
 
 async def test_tpm_refusal_does_not_take_a_request(limiter: LocalLimiter, clock: FakeClock) -> None:

@@ -199,6 +199,23 @@ async def test_tpm_refusal_takes_no_request_unit(make_limiter: MakeLimiter, pref
         await limiter.admit("key", 2, 60)
 
 
+async def test_consuming_nothing_or_a_negative_amount_refills_nothing(
+    make_limiter: MakeLimiter, prefix: str
+) -> None:
+    clock = FakeClock()
+    limiter = make_limiter(prefix=prefix, clock=clock)
+    await limiter.admit("key", None, 60)
+    await limiter.consume_tokens("key", 60, 60)  # level 0: a second until it is above zero
+    with pytest.raises(RateLimited) as drained:
+        await limiter.admit("key", None, 60)
+    assert drained.value.retry_after == 1
+    await limiter.consume_tokens("key", 60, 0)
+    await limiter.consume_tokens("key", 60, -100)
+    with pytest.raises(RateLimited) as still:
+        await limiter.admit("key", None, 60)
+    assert still.value.retry_after == 1, "nothing was taken either"
+
+
 async def test_two_instances_share_the_counts(make_limiter: MakeLimiter, prefix: str) -> None:
     first = make_limiter(prefix=prefix)
     second = make_limiter(prefix=prefix, metrics=Metrics())
@@ -341,6 +358,7 @@ async def test_nothing_to_count_asks_nothing(
     await limiter.admit("key", None, None)
     await limiter.consume_tokens("key", None, 100)
     await limiter.consume_tokens("key", 100, 0)
+    await limiter.consume_tokens("key", 100, -100)
     assert await _keys(raw, prefix) == []
     dead = make_limiter(DEAD_URL)
     await dead.admit("key", None, None)

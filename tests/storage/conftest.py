@@ -7,16 +7,17 @@ mutating test asserts them without saying so.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from gateway.storage.base import Store
 from gateway.storage.memory import MemoryStore
+from gateway.storage.postgres.store import PostgresStore
 from gateway.storage.sqlite.store import SQLiteStore
 
 POSTGRES_URL = os.environ.get(
@@ -69,23 +70,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 async def _postgres_store() -> AsyncIterator[Store]:
     """A ``PostgresStore`` in a schema of its own, dropped afterwards.
 
-    Expected interface of ``gateway.storage.postgres.store.PostgresStore`` (written separately):
-    ``PostgresStore(url, *, pool_size=10, schema=None)``; with ``schema`` set, every pooled
+    ``PostgresStore(url, *, pool_size=10, schema=None)``: with ``schema`` set, every pooled
     connection uses that schema (``search_path``) and ``open(migrate=True)`` creates the tables
     there, in a schema the fixture has already created. Each test gets a fresh schema named
     ``gw_test_<random>``, so concurrent runs on the same server cannot collide; the fixture
     drops it with ``CASCADE`` at the end.
 
-    Skips when the module does not exist yet or the server is unreachable; with ``CI=true`` an
-    unreachable server is a failure, not a skip. The URL can be overridden with
-    ``GATEWAY_TEST_POSTGRES_URL``.
+    Skips when the server is unreachable; with ``CI=true`` an unreachable server is a failure,
+    not a skip. The URL can be overridden with ``GATEWAY_TEST_POSTGRES_URL``.
     """
-    if importlib.util.find_spec("gateway.storage.postgres.store") is None:
-        pytest.skip("gateway.storage.postgres.store does not exist yet")
-    import asyncpg
-
-    from gateway.storage.postgres.store import PostgresStore
-
     if not _postgres_error:
         try:
             conn = await asyncpg.connect(POSTGRES_URL, timeout=3)
@@ -103,7 +96,6 @@ async def _postgres_store() -> AsyncIterator[Store]:
     admin = await asyncpg.connect(POSTGRES_URL, timeout=3)
     try:
         await admin.execute(f'CREATE SCHEMA "{schema}"')
-        # TODO(postgres engine): this is the hook; adjust if PostgresStore isolates runs otherwise.
         postgres = PostgresStore(POSTGRES_URL, pool_size=4, schema=schema)
         await postgres.open()
         try:
